@@ -1,0 +1,1 @@
+"""The ECG data layer: readers, preprocessing, the memory-mapped int16 store, splits, synthetic corpus."""

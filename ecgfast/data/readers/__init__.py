@@ -1,0 +1,1 @@
+"""One reader per source format, all yielding :class:`~ecgfast.data.record.ECGRecord`."""

@@ -1,0 +1,51 @@
+"""The reader interface: cheap enumeration of a source's records, then one record read at a time.
+
+Prepare enumerates every reader's items first (so duplicate ids are known before any signal is read),
+then reads items in worker processes. Readers and items are therefore plain picklable values: paths and
+indices, never open file handles.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..record import ECGRecord
+
+
+@dataclass
+class SourceItem:
+    """One record of a source, before its signal is read.
+
+    Attributes:
+        record_id: unique id of the record (duplicates across sources are rejected at prepare time).
+        locator: where the reader finds it: a path (without extension for WFDB) or a row index.
+        patient_id: known patient id, or None when the source has none (then the record id is used).
+        labels: labels known from the index file (CSV) without reading the signal.
+        meta: other metadata known from the index (strat_fold, age, sex, ...).
+    """
+
+    record_id: str
+    locator: str
+    patient_id: str | None = None
+    labels: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, object] = field(default_factory=dict)
+
+
+class Reader(ABC):
+    """A source of ECG records. Subclasses set ``format_name`` and implement ``items`` and ``read``."""
+
+    format_name: str = ""
+
+    @abstractmethod
+    def items(self) -> Iterator[SourceItem]:
+        """Enumerate the source's records, in a deterministic order, without reading signals."""
+
+    @abstractmethod
+    def read(self, item: SourceItem) -> ECGRecord:
+        """Read one record; raise :class:`~ecgfast.data.record.RecordError` when it is unusable."""
+
+    def describe(self) -> str:
+        """One line for logs: the format and the root, never patient data."""
+        return self.format_name
