@@ -1,0 +1,102 @@
+"""Turn a SOURCE argument of ecgfast-prepare into a Reader: the format named, or detected from the files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from .readers.base import Reader
+
+FORMATS = ("auto", "wfdb", "cinc", "ptbxl", "mimic", "code15", "numpy", "synthetic")
+
+
+def detect_format(source: str) -> str:
+    """The format of ``source`` from its files: the index CSV of a corpus, .npy, or WFDB headers.
+
+    Raises:
+        FileNotFoundError: the source does not exist.
+        ValueError: nothing recognisable in it.
+    """
+    if source.startswith("synthetic"):
+        return "synthetic"
+    p = Path(source)
+    if not p.exists() and not p.with_suffix(".hea").exists():
+        raise FileNotFoundError(f"source {source}: no such file or folder")
+    if p.is_file() and p.suffix == ".npy":
+        return "numpy"
+    if p.is_dir():
+        if (p / "ptbxl_database.csv").is_file():
+            return "ptbxl"
+        if (p / "record_list.csv").is_file():
+            return "mimic"
+        if (p / "exams.csv").is_file():
+            return "code15"
+    from .readers.cinc import looks_like_cinc
+    from .readers.wfdb_record import find_headers
+
+    if find_headers(source):
+        return "cinc" if looks_like_cinc(source) else "wfdb"
+    raise ValueError(f"source {source}: no ptbxl_database.csv, record_list.csv, exams.csv, .npy or .hea files found")
+
+
+def read_patient_map(path: str | os.PathLike) -> dict[str, str]:
+    """record_id -> patient_id from a CSV with those two columns (extra columns ignored)."""
+    try:
+        df = pd.read_csv(path, dtype=str)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"patient map {path}: cannot read it as CSV: {exc}") from exc
+    missing = {"record_id", "patient_id"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: needs columns record_id and patient_id, missing {sorted(missing)}")
+    df = df.dropna(subset=["record_id", "patient_id"])
+    return dict(zip(df["record_id"], df["patient_id"]))
+
+
+def open_source(source: str, fmt: str = "auto", patient_map: dict[str, str] | None = None, **options) -> Reader:
+    """A Reader for ``source``.
+
+    Args:
+        source: folder, file, or ``synthetic[:N_PATIENTS]``.
+        fmt: one of :data:`FORMATS`; "auto" detects it.
+        patient_map: record id -> patient id for sources without patient ids (WFDB, CinC).
+        options: format options: ``rate`` (ptbxl), ``scale`` (code15), ``patient_ids``, ``fs``, ``lead_names``
+            (numpy), ``seed``, ``ecgs_per_patient`` (synthetic).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
+    fmt = detect_format(source) if fmt == "auto" else fmt
+    if fmt == "wfdb":
+        from .readers.wfdb_record import WFDBReader
+
+        return WFDBReader(source, patient_ids=patient_map)
+    if fmt == "cinc":
+        from .readers.cinc import CinCReader
+
+        return CinCReader(source, patient_ids=patient_map)
+    if fmt == "ptbxl":
+        from .readers.ptbxl import PTBXLReader
+
+        return PTBXLReader(source, rate=int(options.get("rate") or 500))
+    if fmt == "mimic":
+        from .readers.mimic import MIMICECGReader
+
+        return MIMICECGReader(source)
+    if fmt == "code15":
+        from .readers.code15 import Code15Reader
+
+        return Code15Reader(source, **({"scale": options["scale"]} if options.get("scale") else {}))
+    if fmt == "numpy":
+        from .readers.arrays import ArrayReader
+
+        if not options.get("patient_ids"):
+            raise ValueError(f"source {source}: a .npy source needs --patient-ids (a .npy or .txt of N ids)")
+        if not options.get("fs"):
+            raise ValueError(f"source {source}: a .npy source needs --array-fs (its sampling rate)")
+        kwargs = {"lead_names": options["lead_names"]} if options.get("lead_names") else {}
+        return ArrayReader(source, patient_ids=options["patient_ids"], fs=float(options["fs"]), **kwargs)
+    from .synthetic import SyntheticReader
+
+    n = source.split(":", 1)[1] if ":" in source else options.get("n_patients", 200)
+    return SyntheticReader(n_patients=int(n), seed=int(options.get("seed") or 0))

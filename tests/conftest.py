@@ -1,0 +1,17 @@
+"""Shared fixtures: the real records of ../shared/data/ecg (skipped cleanly where absent) and WFDB factories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_ECG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecg"
+
+
+@pytest.fixture(scope="session")
+def shared_ecg() -> Path:
+    """../shared/data/ecg, or skip the test when this checkout has no shared/ beside it."""
+    if not (SHARED_ECG / "MANIFEST.md").is_file():
+        pytest.skip(f"real ECG records not found at {SHARED_ECG}")
+    return SHARED_ECG
