@@ -57,7 +57,7 @@ def test_every_bad_record_is_rejected_with_its_reason_and_nothing_is_lost(tmp_pa
     report = _run(tmp_path)
     assert report.found == report.accepted + report.rejected == len(expect) + 1  # + the duplicate
     rejects = pd.read_csv(tmp_path / "store" / "rejects.csv")
-    got = dict(zip(rejects["record_id"] + "@" + rejects["reason"], rejects["message"]))
+    got = dict(zip(rejects["record_id"] + "@" + rejects["reason"], rejects["message"], strict=False))
     for rid, reason in expect.items():
         if reason:
             assert f"{rid}@{reason}" in got, (rid, reason, got)

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from ecgfast.data.preprocess import (PreprocessConfig, check_signal, dequantize, fit_length, preprocess, quantize,
-                                     resample)
+from ecgfast.data.preprocess import (
+    PreprocessConfig,
+    check_signal,
+    dequantize,
+    fit_length,
+    preprocess,
+    quantize,
+    resample,
+)
 from ecgfast.data.record import ECGRecord, RecordError, RejectReason
 
 

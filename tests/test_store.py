@@ -153,7 +153,8 @@ def test_strat_fold_split_in_prepare(tmp_path):
 
 
 def test_opening_and_reading_a_big_store_keeps_memory_bounded(tmp_path):
-    """A 400 MB store opens and serves random batches with a resident-memory growth far below its size."""
+    """A 400 MB store opens and serves random batches with little process memory (anonymous RSS: file pages
+    the kernel maps in for the memmap are page cache it can drop, not memory the process holds)."""
     root = tmp_path / "big"
     (root / "shards").mkdir(parents=True)
     n_per, n_shards, t = 1250, 4, 5000  # 4 x 100 MB
@@ -172,10 +173,11 @@ def test_opening_and_reading_a_big_store_keeps_memory_bounded(tmp_path):
         "fs": 500.0, "n_samples": t, "n_records": n_per * n_shards,
         "shards": [{"file": f"shards/{s:05d}.npy", "n": n_per} for s in range(n_shards)]}))
     code = textwrap.dedent(f"""
-        import resource, numpy as np
+        import numpy as np
         from ecgfast.data.store import ECGStore
         def rss_mb():
-            return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+            line = [ln for ln in open("/proc/self/status") if ln.startswith("RssAnon:")][0]
+            return int(line.split()[1]) / 1024
         before = rss_mb()
         store = ECGStore({str(root)!r})
         opened = rss_mb()
@@ -188,4 +190,4 @@ def test_opening_and_reading_a_big_store_keeps_memory_bounded(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     grew_open, grew_read = map(float, out)
     assert grew_open < 60, f"opening a 400 MB store grew RSS by {grew_open:.0f} MB"
-    assert grew_read < 120, f"8 batches of 32 grew RSS by {grew_read:.0f} MB"
+    assert grew_read < 60, f"8 batches of 32 grew RSS by {grew_read:.0f} MB"

@@ -112,7 +112,7 @@ def test_georgia_header_quirk_is_repaired_without_touching_the_file(tmp_path):
     text = hea.read_text().splitlines()
     text[0] = text[0].replace("E00001", "E00001.mat", 1)
     hea.write_text("\n".join(text) + "\n")
-    with pytest.raises(Exception):
+    with pytest.raises(wfdb.io._header.HeaderSyntaxError):
         wfdb.rdheader(str(base))  # wfdb itself refuses this header
     rec = read_wfdb(base)
     assert rec.record_id == "E00001" and rec.signal.shape == (8, 5000)

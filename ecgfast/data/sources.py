@@ -51,7 +51,7 @@ def read_patient_map(path: str | os.PathLike) -> dict[str, str]:
     if missing:
         raise ValueError(f"{path}: needs columns record_id and patient_id, missing {sorted(missing)}")
     df = df.dropna(subset=["record_id", "patient_id"])
-    return dict(zip(df["record_id"], df["patient_id"]))
+    return dict(zip(df["record_id"], df["patient_id"], strict=False))
 
 
 def open_source(source: str, fmt: str = "auto", patient_map: dict[str, str] | None = None, **options) -> Reader:

@@ -26,48 +26,54 @@ from .base import Reader, SourceItem
 _SIGNAL_EXTS = (".mat", ".dat")
 
 
-def _read_header(base: str, record_id: str) -> tuple[wfdb.Record, str]:
-    """Parse ``base.hea``; returns (header, base path to read the signal from).
+def _read_after_failure(base: str, record_id: str, error: Exception) -> tuple[wfdb.Record, str]:
+    """``wfdb.rdrecord`` failed: find out why (for the reject reason), or repair a known header quirk.
 
-    Handles the CinC 2020 Georgia quirk: a record line naming ``E00001.mat`` instead of ``E00001``.
-    The header is then fixed in a temporary folder beside a link to the signal file.
+    Returns (record, base path it was read from) when the CinC 2020 Georgia quirk (a record line naming
+    ``E00001.mat`` instead of ``E00001``) was repaired on a temporary copy of the header; raises otherwise.
     """
     hea = base + ".hea"
-    if not os.path.exists(hea):
-        raise RecordError(RejectReason.UNREADABLE, f"record {record_id}: header {hea} not found")
     try:
-        return wfdb.rdheader(base), base
+        header = wfdb.rdheader(base)
     except Exception as exc:  # wfdb raises several types for malformed headers
-        first_error = exc
-    try:
-        with open(hea, encoding="latin-1") as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise RecordError(RejectReason.UNREADABLE, f"record {record_id}: cannot read {hea}: {exc}") from exc
-    head = lines[0].split() if lines else []
-    name = os.path.basename(base)
-    if head and head[0].lower() in {name.lower() + e for e in _SIGNAL_EXTS}:
-        fixed = _reread_with_fixed_record_line(base, lines, name)
-        if fixed is not None:
-            return fixed
+        try:
+            with open(hea, encoding="latin-1") as f:
+                lines = f.read().splitlines()
+        except OSError as os_exc:
+            raise RecordError(RejectReason.UNREADABLE, f"record {record_id}: cannot read {hea}: {os_exc}") from exc
+        head = lines[0].split() if lines else []
+        name = os.path.basename(base)
+        if head and head[0].lower() in {name.lower() + e for e in _SIGNAL_EXTS}:
+            fixed_base = _fixed_header_copy(base, lines, name)
+            try:
+                return wfdb.rdrecord(fixed_base, physical=False), fixed_base
+            except Exception as fixed_exc:  # classify it (truncated?) on the repaired header, then clean up
+                try:
+                    _check_signal_files(wfdb.rdheader(fixed_base), fixed_base, record_id)
+                finally:
+                    shutil.rmtree(os.path.dirname(fixed_base), ignore_errors=True)
+                error = fixed_exc
+        else:
+            raise RecordError(RejectReason.UNREADABLE, f"record {record_id}: cannot parse header {hea}: "
+                                                       f"{type(exc).__name__}: {exc}") from exc
+    else:
+        lead_indices(header.sig_name or [], record_id)
+        _check_signal_files(header, base, record_id)
     raise RecordError(RejectReason.UNREADABLE,
-                      f"record {record_id}: cannot parse header {hea}: {type(first_error).__name__}: {first_error}")
+                      f"record {record_id}: wfdb cannot read the signal: {type(error).__name__}: {error}") from error
 
 
-def _reread_with_fixed_record_line(base: str, lines: list[str], name: str) -> tuple[wfdb.Record, str] | None:
+def _fixed_header_copy(base: str, lines: list[str], name: str) -> str:
+    """Copy of the header with the record line's name fixed, in a temporary folder beside links to the
+    signal files; returns its base path. The caller removes the folder."""
     tmp = tempfile.mkdtemp(prefix="ecgfast-hea-")
-    try:
-        fields = lines[0].split()
-        fields[0] = name
-        Path(tmp, name + ".hea").write_text("\n".join([" ".join(fields)] + lines[1:]) + "\n")
-        for ext in _SIGNAL_EXTS:
-            if os.path.exists(base + ext):
-                os.symlink(os.path.abspath(base + ext), os.path.join(tmp, name + ext))
-        tmp_base = os.path.join(tmp, name)
-        return wfdb.rdheader(tmp_base), tmp_base
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
+    fields = lines[0].split()
+    fields[0] = name
+    Path(tmp, name + ".hea").write_text("\n".join([" ".join(fields)] + lines[1:]) + "\n")
+    for ext in _SIGNAL_EXTS:
+        if os.path.exists(base + ext):
+            os.symlink(os.path.abspath(base + ext), os.path.join(tmp, name + ext))
+    return os.path.join(tmp, name)
 
 
 def _check_signal_files(header: wfdb.Record, base: str, record_id: str) -> None:
@@ -76,7 +82,7 @@ def _check_signal_files(header: wfdb.Record, base: str, record_id: str) -> None:
         return
     folder = os.path.dirname(base)
     per_file: dict[str, list[tuple[str, int]]] = {}
-    for fname, fmt, off in zip(header.file_name, header.fmt, header.byte_offset or [None] * header.n_sig):
+    for fname, fmt, off in zip(header.file_name, header.fmt, header.byte_offset or [None] * header.n_sig, strict=False):
         per_file.setdefault(fname, []).append((fmt, off or 0))
     for fname, sigs in per_file.items():
         path = os.path.join(folder, fname)
@@ -126,21 +132,22 @@ def read_wfdb(base: str, record_id: str | None = None, patient_id: str | None = 
         if base.endswith(ext):
             base = base[: -len(ext)]
     record_id = record_id or os.path.basename(base)
-    header, read_base = _read_header(base, record_id)
+    if not os.path.exists(base + ".hea"):
+        raise RecordError(RejectReason.UNREADABLE, f"record {record_id}: header {base}.hea not found")
+    read_base = base
     try:
-        idx = lead_indices(header.sig_name or [], record_id)
-        if not header.fs or header.fs <= 0:
-            raise RecordError(RejectReason.BAD_SAMPLING_RATE, f"record {record_id}: sampling rate {header.fs!r}")
-        _check_signal_files(header, read_base, record_id)
-        try:
-            rec = wfdb.rdrecord(read_base, physical=False)
+        try:  # the common case parses the header once (wfdb's header parsing dominates read time)
+            rec = wfdb.rdrecord(base, physical=False)
         except Exception as exc:
-            raise RecordError(RejectReason.UNREADABLE,
-                              f"record {record_id}: wfdb cannot read the signal: {type(exc).__name__}: {exc}") from exc
-        if rec.d_signal is None or rec.d_signal.shape != (header.sig_len, header.n_sig):
+            rec, read_base = _read_after_failure(base, record_id, exc)
+        idx = lead_indices(rec.sig_name or [], record_id)
+        if not rec.fs or rec.fs <= 0:
+            raise RecordError(RejectReason.BAD_SAMPLING_RATE, f"record {record_id}: sampling rate {rec.fs!r}")
+        _check_signal_files(rec, read_base, record_id)  # a file longer than its header says
+        if rec.d_signal is None or rec.d_signal.shape != (rec.sig_len, rec.n_sig):
             got = None if rec.d_signal is None else rec.d_signal.shape
             raise RecordError(RejectReason.HEADER_MISMATCH,
-                              f"record {record_id}: signal shape {got} != header's ({header.sig_len}, {header.n_sig})")
+                              f"record {record_id}: signal shape {got} != header's ({rec.sig_len}, {rec.n_sig})")
         _check_checksums(rec, idx, record_id)
         # digital -> mV; wfdb maps each format's "missing sample" code to NaN here.
         physical = rec.dac(expanded=False, return_res=64)
@@ -153,7 +160,7 @@ def read_wfdb(base: str, record_id: str | None = None, patient_id: str | None = 
         scale = {"uv": 1e-3, "µv": 1e-3, "v": 1e3}
         for i, ch in enumerate(idx):
             signal[i] *= scale.get(str(rec.units[ch]).lower(), 1.0)
-    return ECGRecord(record_id=record_id, patient_id=patient_id or record_id, signal=signal, fs=float(header.fs),
+    return ECGRecord(record_id=record_id, patient_id=patient_id or record_id, signal=signal, fs=float(rec.fs),
                      source=base, labels=dict(labels or {}),
                      meta={"patient_id_known": patient_id is not None, **(meta or {})})
 
