@@ -162,6 +162,13 @@ class ECGStore:
     def __len__(self) -> int:
         return len(self.manifest)
 
+    def __getstate__(self) -> dict:
+        # Pickling a np.memmap copies its data: send the path and reopen in the receiving process instead.
+        return {"path": str(self.path)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Raw int16 samples of records ``indices`` (manifest row numbers): (B, 8, T), in the order given."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

@@ -1,0 +1,58 @@
+"""The torch DataLoader path over the memory-mapped store (the DALI path of the input issue sits beside it).
+
+Workers read whole batches (one sorted memmap gather per shard) and hand over int16 samples with each
+record's gain and baseline; decoding to float millivolts happens on the training device, so 2 bytes a
+sample cross the host-device link instead of 4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .sampler import PatientBatchSampler
+from .store import ECGStore
+
+
+class StoreBatchDataset(torch.utils.data.Dataset):
+    """Map-style dataset over a store whose ``__getitems__`` reads a whole batch at once.
+
+    A batch is a tuple of tensors: samples (B, 8, T) int16, gain (B,) float32, baseline (B,) float32,
+    record (B,) int64 store row (the ECG id), patient (B,) int64 patient code (the patient id).
+    """
+
+    def __init__(self, store: ECGStore, patient_codes: np.ndarray):
+        self.store = store
+        self.patient_codes = np.asarray(patient_codes, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        idx = np.asarray(indices, dtype=np.int64)
+        return (torch.from_numpy(self.store.read(idx)), torch.from_numpy(self.store.gain[idx]),
+                torch.from_numpy(self.store.baseline[idx]), torch.from_numpy(idx),
+                torch.from_numpy(self.patient_codes[idx]))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[0] for t in self.__getitems__([index]))
+
+
+def _whole_batch(batch):
+    return batch  # __getitems__ already returns the collated batch
+
+
+def make_loader(store: ECGStore, sampler: PatientBatchSampler, patient_codes: np.ndarray, workers: int = 2,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding the batches of ``sampler`` from ``store``, prefetched by ``workers`` processes."""
+    return torch.utils.data.DataLoader(
+        StoreBatchDataset(store, patient_codes), batch_sampler=sampler, collate_fn=_whole_batch,
+        num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False)
+
+
+def decode(samples: torch.Tensor, gain: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """int16 (B, 8, T) -> float32 millivolts on the samples' device: (q - baseline) / gain."""
+    return (samples.float() - baseline[:, None, None]) / gain[:, None, None]
