@@ -62,7 +62,7 @@ def open_source(source: str, fmt: str = "auto", patient_map: dict[str, str] | No
         fmt: one of :data:`FORMATS`; "auto" detects it.
         patient_map: record id -> patient id for sources without patient ids (WFDB, CinC).
         options: format options: ``rate`` (ptbxl), ``scale`` (code15), ``patient_ids``, ``fs``, ``lead_names``
-            (numpy), ``seed``, ``ecgs_per_patient`` (synthetic).
+            (numpy), ``seed`` (synthetic).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
