@@ -7,11 +7,42 @@ indices, never open file handles.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..record import ECGRecord
+from ..record import ECGRecord, RecordError, RejectReason
+
+# meta key for a problem found while enumerating an index row (CSV, HDF5): read() raises it, so one bad
+# row never stops the enumeration of the others and is reported as that record's reject reason.
+INDEX_ERROR = "_index_error"
+
+
+def id_string(value: object) -> str | None:
+    """An id as an opaque string, or None for an empty cell.
+
+    Index files read by pandas turn integer columns with gaps into floats: ``15709.0`` -> ``"15709"``;
+    bytes (HDF5) are decoded.
+    """
+    if isinstance(value, bytes):
+        value = value.decode()
+    if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
+        return None
+    text = str(value).strip()
+    if text.isdigit():  # the common case, without a float round trip
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
+
+
+def raise_index_error(item: SourceItem) -> None:
+    """Raise the enumeration-time problem recorded in ``item.meta`` as an UNREADABLE reject, if any."""
+    if INDEX_ERROR in item.meta:
+        raise RecordError(RejectReason.UNREADABLE, str(item.meta[INDEX_ERROR]))
 
 
 @dataclass

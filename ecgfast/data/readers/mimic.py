@@ -1,0 +1,81 @@
+"""MIMIC-IV-ECG (Gow et al. 2023): about 800,000 10 s 500 Hz 12-lead WFDB records indexed by ``record_list.csv``.
+
+``record_list.csv`` has one row per ECG: ``subject_id`` (the patient), ``study_id`` (the ECG, unique across
+the database), ``file_name``, ``ecg_time`` and ``path`` (``files/p1000/p10000032/s40689238/40689238``:
+relative to the database folder, no extension). The database carries no labels; downstream labels (LVEF,
+potassium) come from joining MIMIC-IV tables on ``subject_id`` and ``ecg_time``, which is why both are kept.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pandas as pd
+
+from ..record import ECGRecord
+from .base import INDEX_ERROR, Reader, SourceItem, id_string, raise_index_error
+from .wfdb_record import read_wfdb
+
+RECORD_LIST_CSV = "record_list.csv"
+_REQUIRED = ("subject_id", "study_id", "path")
+
+
+class MIMICECGReader(Reader):
+    """A MIMIC-IV-ECG folder (the one holding ``record_list.csv``).
+
+    Record id ``mimic-<study_id>``, patient id ``subject_id``, meta ``ecg_time`` (as written in the CSV).
+    A row without ``study_id`` or ``path`` is still enumerated; reading it raises ``RecordError(UNREADABLE)``
+    naming the row and the column.
+
+    Raises:
+        FileNotFoundError: no ``record_list.csv`` in ``root``.
+        ValueError: the CSV lacks ``subject_id``, ``study_id`` or ``path``.
+    """
+
+    format_name = "mimic"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = str(root)
+        self.record_list = os.path.join(self.root, RECORD_LIST_CSV)
+        if not os.path.isfile(self.record_list):
+            raise FileNotFoundError(f"MIMIC-IV-ECG: {self.record_list} not found "
+                                    f"(is {self.root} the MIMIC-IV-ECG folder?)")
+        columns = set(pd.read_csv(self.record_list, nrows=0).columns)
+        missing = [c for c in _REQUIRED if c not in columns]
+        if missing:
+            raise ValueError(f"{self.record_list}: missing column(s) {missing}; has {sorted(columns)}")
+        self._has_time = "ecg_time" in columns
+
+    def items(self) -> Iterator[SourceItem]:
+        usecols = [*_REQUIRED, "ecg_time"] if self._has_time else list(_REQUIRED)
+        df = pd.read_csv(self.record_list, usecols=usecols, dtype=str)
+        # plain lists zipped: several times faster than to_dict or iterrows on 800,000 rows
+        columns = [df[c].tolist() for c in _REQUIRED]
+        times = df["ecg_time"].tolist() if self._has_time else [None] * len(df)
+        prefix = os.path.join(self.root, "")
+        for line, (subject, study, path, time) in enumerate(zip(*columns, times, strict=True), start=2):
+            study_id = id_string(study)
+            rid = f"mimic-{study_id}" if study_id else f"mimic-row{line}"
+            meta: dict[str, object] = {}
+            if isinstance(time, str) and time.strip():
+                meta["ecg_time"] = time.strip()
+            problems = []
+            if study_id is None:
+                problems.append("column study_id is empty")
+            if not isinstance(path, str) or not path.strip():
+                problems.append("column path is empty")
+                locator = os.path.join(self.root, "<no path>")
+            else:
+                path = path.strip()
+                locator = path if os.path.isabs(path) else prefix + path
+            if problems:
+                meta[INDEX_ERROR] = f"record {rid}: {RECORD_LIST_CSV} line {line}: " + "; ".join(problems)
+            yield SourceItem(record_id=rid, locator=locator, patient_id=id_string(subject), meta=meta)
+
+    def read(self, item: SourceItem) -> ECGRecord:
+        raise_index_error(item)
+        return read_wfdb(item.locator, item.record_id, item.patient_id, item.labels, item.meta)
+
+    def describe(self) -> str:
+        return f"{self.format_name} ({self.root})"
