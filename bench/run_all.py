@@ -1,0 +1,90 @@
+"""Run every benchmark in bench/ in one call and record the results under bench/results/.
+
+    python bench/run_all.py                 # all benchmarks, this machine's device
+    python bench/run_all.py bench/test_bench_data.py   # a subset (files, or -k EXPR)
+
+Writes ``bench/results/<device>-<date>.json`` (device name, date, versions, every benchmark's mean time and
+extra info) and a Markdown table beside it. On a GPU machine it is the one script to run: the CUDA-only
+benchmarks and checks run there and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU {line.split(':', 1)[1].strip()} x{len(__import__('os').sched_getaffinity(0))}"
+    except OSError:
+        pass
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "triton", "numpy", "scipy", "wfdb", "nvidia-dali-cuda130", "ecgfast"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("paths", nargs="*", default=[str(HERE)], help="benchmark files or folders (default: bench/)")
+    p.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "bench.json"
+        cmd = [sys.executable, "-m", "pytest", *args.paths, "--benchmark-only", f"--benchmark-json={raw}", "-q",
+               "-p", "no:cacheprovider"] + (["-k", args.k] if args.k else [])
+        rc = subprocess.call(cmd)
+        if not raw.exists() or not raw.read_text().strip():
+            print("no benchmark results were written", file=sys.stderr)
+            return rc or 1
+        data = json.loads(raw.read_text())
+    device = device_name()
+    date = datetime.date.today().isoformat()
+    rows = [{"name": b["name"], "group": b["group"], "mean_s": b["stats"]["mean"], "stddev_s": b["stats"]["stddev"],
+             "rounds": b["stats"]["rounds"], **b.get("extra_info", {})} for b in data["benchmarks"]]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower() + f"-{date}"
+    if (out / f"{stem}.json").exists():  # a partial run updates the day's file instead of replacing it
+        earlier = json.loads((out / f"{stem}.json").read_text())["benchmarks"]
+        rows = [r for r in earlier if r["name"] not in {n["name"] for n in rows}] + rows
+    result = {"device": device, "date": date, "versions": versions(), "benchmarks": rows}
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Benchmarks on {device}, {date}", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
+                                                                              result["versions"].items()), "",
+             "| group | benchmark | mean | rate |", "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["group"] or "", r["name"])):
+        rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r if k.endswith("_per_s")), "")
+        lines.append(f"| {r['group']} | {r['name']} | {r['mean_s'] * 1e3:,.1f} ms | {rate} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
