@@ -7,9 +7,10 @@ the sizes so that it runs on a laptop CPU in minutes (:data:`SYNTHETIC_DEFAULTS`
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 
 @dataclass
