@@ -46,11 +46,16 @@ def _whole_batch(batch):
 
 def make_loader(store: ECGStore, sampler: PatientBatchSampler, patient_codes: np.ndarray, workers: int = 2,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding the batches of ``sampler`` from ``store``, prefetched by ``workers`` processes."""
+    """A DataLoader yielding the batches of ``sampler`` from ``store``, prefetched by ``workers`` processes.
+
+    The loader gets a generator of its own: each new iterator draws its workers' base seed from it, and drawing
+    from torch's global generator instead would shift the dropout masks of the training step, so that a run
+    resumed mid-epoch (its iterator made at another point) would no longer repeat the uninterrupted one.
+    """
     return torch.utils.data.DataLoader(
         StoreBatchDataset(store, patient_codes), batch_sampler=sampler, collate_fn=_whole_batch,
         num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False)
+        persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
 
 def decode(samples: torch.Tensor, gain: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
