@@ -108,6 +108,10 @@ def pretrain(config: TrainConfig, resume: bool = False) -> dict:
     out = Path(config.out)
 
     # data: the train split only; validation and test patients are never seen here
+    if not config.store and rank == 0:
+        synthetic_store(config.synthetic_patients, config.seed)  # rank 0 makes it; the others wait, then open it
+    if world > 1:
+        dist.barrier()
     store = ECGStore(config.store if config.store else synthetic_store(config.synthetic_patients, config.seed))
     train_rows = store.split_indices("train")
     patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]

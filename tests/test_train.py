@@ -148,11 +148,9 @@ def test_lr_schedule_warms_up_then_decays():
 def test_ddp_two_processes_on_cpu(tmp_path):
     """torchrun with 2 gloo ranks: runs, rank 0 alone writes, and the loss gathers across ranks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "ecgfast.train", "--synthetic-patients", "40", "--batch-size", "4", "--workers", "0",
            "--no-progress", "--seed", "3", "--max-steps", "2", "--model", "tiny", "--out", str(tmp_path / "ddp")]
-    # make the synthetic store first so both ranks do not race to write it
-    train_mod.synthetic_store(40, 3)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(_losses(tmp_path / "ddp")) == 2
