@@ -7,6 +7,8 @@ the sizes so that it runs on a laptop CPU in minutes (:data:`SYNTHETIC_DEFAULTS`
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +29,8 @@ class TrainConfig:
     # augmentation (3KG)
     max_angle_deg: float = 45.0  # rotation angles ~ U(-a, a) per axis
     scale_low: float = 1.0  # per-axis scale ~ U(low, high), inverted with prob. invert_prob
-    scale_high: float = 1.5
-    invert_prob: float = 0.5
+    scale_high: float = 1.5  # upper end of the per-axis scale range
+    invert_prob: float = 0.5  # probability that a drawn scale is replaced by its inverse
     mask_fraction: float = 0.5  # ZeroMask: this share of each lead zeroed, one wrapped block
     vcg_transform: str = "dower"  # "dower" or "kors"
     residual: bool = False  # keep non-dipolar content: x + D (S R - I) D_inv x
@@ -46,8 +48,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     # system
-    compile: bool | None = None  # torch.compile; None: on where it pays (CUDA)
-    bf16: bool | None = None  # bf16 autocast; None: on with CUDA
+    compile: bool | None = None  # torch.compile (default: on with CUDA, where it pays)
+    bf16: bool | None = None  # bf16 autocast (default: on with CUDA)
     device: str | None = None  # None: cuda if available else cpu
     out: str = "runs/pretrain"
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
@@ -60,6 +62,17 @@ class TrainConfig:
             raise ValueError(f"views must be 'intersegment' or 'augment', got {self.views!r}")
         if self.temperature <= 0 or self.lr <= 0 or self.batch_size < 2 or self.segment < 1:
             raise ValueError("temperature and lr must be > 0, batch_size >= 2, segment >= 1")
+
+
+#: Allowed values of the string settings (the CLI offers them as choices).
+CHOICES = {"views": ("intersegment", "augment"), "model": ("paper", "small", "tiny"),
+           "vcg_transform": ("dower", "kors")}
+
+
+def field_help() -> dict[str, str]:
+    """{field: its trailing comment in TrainConfig's source}: one place documents each setting, CLI included."""
+    source = inspect.getsource(TrainConfig)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s+(\w+): [^=]+=[^#\n]*#(.*)$", source, re.M)}
 
 
 #: The embedded default: a small model on a small synthetic corpus, minutes on a 2-core CPU.

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .augment import ECGAugment
 from .checkpoint import CheckpointError, latest_checkpoint, load_state, load_weights, save_checkpoint
-from .config import SYNTHETIC_DEFAULTS, TrainConfig, load_config, to_toml
+from .config import CHOICES, SYNTHETIC_DEFAULTS, TrainConfig, field_help, load_config, to_toml
 from .data.loader import decode, make_loader
 from .data.sampler import PatientBatchSampler
 from .data.splits import SplitError
@@ -271,22 +271,26 @@ class _MetricsLog:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ecgfast-train",
-        description="Contrastive pretraining of a dual-stream TemporalNet on an ECG store. With no --store it makes "
-                    "a synthetic corpus and pretrains a tiny model on it (minutes on a laptop CPU).",
+        description="Contrastive pretraining of a dual-stream TemporalNet on an ECG store; defaults are the paper's "
+                    "recipe. With no --store it makes a synthetic corpus and pretrains a tiny model on it (minutes on "
+                    "a laptop CPU): then " + ", ".join(f"{k}={v}" for k, v in SYNTHETIC_DEFAULTS.items()) +
+                    " replace the defaults shown below (flags still override).",
         epilog="examples:\n  ecgfast-train\n  ecgfast-train --store stores/mimic --out runs/mimic\n"
                "  torchrun --nproc_per_node 8 -m ecgfast.train --store stores/mimic --out runs/mimic\n"
                "  ecgfast-train --config my.toml --lr 3e-4 --resume",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file of TrainConfig keys; command-line flags override it")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    helps = field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
+        kind, text = str(f.type), helps.get(f.name, "")
         if "bool" in kind:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             typ = int if kind.startswith("int") else float if kind.startswith("float") else str
-            p.add_argument(flag, type=typ, default=None, help=f"(default {f.default!r})")
+            p.add_argument(flag, type=typ, default=None, choices=CHOICES.get(f.name),
+                           help=f"{text} (default {f.default!r})".strip())
     return p
 
 
