@@ -186,6 +186,11 @@ class ECGAugment(nn.Module):
         wander_mv: peak baseline wander, mV (0: none).
         fs: sampling rate in Hz, used by the wander only.
         out_dtype: dtype of the output (float32, or bfloat16 for a bf16 encoder).
+        backend: None (default): the reference arithmetic. ``"auto"`` or a backend name (``"triton"``,
+            ``"cuda"``, ``"cpp"``, ``"torch"``): the fused op :func:`ecgfast.ops.vcg_augment` wherever it
+            applies (float16/bfloat16/float32 input, float32/bfloat16 output, no noise or wander, no grad
+            needed through ``x``), the reference elsewhere. Same parameters from the same generator, so the
+            same views up to float32 rounding; :meth:`views` then reads the input once per two views.
 
     Shapes: ``x`` (B, 8, T) mV, leads I, II, V1..V6 -> (B, 8, T).
 
@@ -216,8 +221,13 @@ class ECGAugment(nn.Module):
         wander_mv: float = 0.0,
         fs: float = 500.0,
         out_dtype: torch.dtype = torch.float32,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        from ecgfast.ops.vcg_augment import BACKENDS  # lazy: ecgfast.ops.vcg_augment imports this module
+
+        if backend is not None and backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"backend must be None, 'auto' or one of {BACKENDS}, got {backend!r}")
         scale_range = tuple(float(s) for s in scale_range)
         _check_hyperparameters(max_angle_deg, scale_range, invert_prob, mask_fraction)
         if transform not in TRANSFORMS:
@@ -243,6 +253,7 @@ class ECGAugment(nn.Module):
         self.wander_mv = float(wander_mv)
         self.fs = float(fs)
         self.out_dtype = out_dtype
+        self.backend = backend
 
     def extra_repr(self) -> str:
         return (f"max_angle_deg={self.max_angle_deg}, scale_range={self.scale_range}, invert_prob={self.invert_prob}, "
@@ -279,8 +290,33 @@ class ECGAugment(nn.Module):
     def apply(self, x: torch.Tensor, params: VCGAugmentParams) -> torch.Tensor:
         """The deterministic part: augment ``x`` (B, 8, T) with given ``params`` -> (B, 8, T) ``out_dtype``."""
         self._check_input(x)
+        backend = self._fused_backend(x, params.noise is not None)
+        if backend is not None:
+            return self._fused(x, [params], backend)[0]
         return vcg_augment_reference(x, self.matrices(params), params.mask_starts, params.mask_length,
                                      params.noise, out_dtype=self.out_dtype)
+
+    def _fused_backend(self, x: torch.Tensor, noisy: bool) -> str | None:
+        """The fused op's backend for this call, or None where only the reference applies."""
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+        if (self.backend is None or noisy or needs_grad or x.dtype not in (torch.float16, torch.bfloat16, torch.float32)
+                or self.out_dtype not in (torch.float32, torch.bfloat16)):
+            return None
+        from ecgfast.ops.vcg_augment import default_backend
+
+        return default_backend(x.device) if self.backend == "auto" else self.backend
+
+    def _fused(self, x: torch.Tensor, params: list[VCGAugmentParams], backend: str) -> torch.Tensor:
+        """Views of ``x`` for each of ``params`` (no noise, one mask length), two per fused call -> (V, B, 8, T)."""
+        from ecgfast.ops.vcg_augment import vcg_augment
+
+        outs = []
+        for first in range(0, len(params), 2):
+            chunk = params[first:first + 2]
+            outs.append(vcg_augment(x, matrices=torch.stack([self.matrices(p) for p in chunk]),
+                                    mask_starts=torch.stack([p.mask_starts for p in chunk]),
+                                    mask_length=chunk[0].mask_length, out_dtype=self.out_dtype, backend=backend))
+        return torch.cat(outs)
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | None = None, return_params: bool = False
@@ -307,6 +343,12 @@ class ECGAugment(nn.Module):
         if n_views < 1:
             raise ValueError(f"n_views must be >= 1, got {n_views}")
         g = _generator_or_default(generator)
+        self._check_input(x)
+        backend = self._fused_backend(x, self.noise_std > 0 or self.wander_mv > 0)
+        if backend is not None:  # the same draws as below, then one fused call per two views
+            params = [self.sample(x.shape[0], x.shape[-1], g, x.device) for _ in range(n_views)]
+            stacked = self._fused(x, params, backend)
+            return (stacked, params) if return_params else stacked
         outs, params = [], []
         for _ in range(n_views):
             out, p = self.forward(x, g, return_params=True)

@@ -1,0 +1,119 @@
+"""Fused VCG augmentation throughput: each backend vs the reference chain vs a per-sample NumPy loop.
+
+Run: ``pytest bench/test_bench_vcg_augment.py --benchmark-only`` (or ``python bench/run_all.py``).
+Workload (issue 5): int16 ECGs (B, 8, 5000) with per-record gain and baseline in, two augmented views
+(2, B, 8, 5000) bfloat16 out. Bytes moved: 2 B/sample in + 2 x 2 B/sample out = 6 B per input sample,
+the floor of any implementation. Each benchmark puts ``ecgs_per_s`` and ``gb_per_s`` in ``extra_info``;
+on CUDA also the copy bandwidth measured for the same byte count and the fraction of it reached.
+- "reference": what ecgfast did before the fused op: decode to float32 mV, then per view
+  ``vcg_augment_reference`` (matmul, mask, cast) and a stack; every step a full-size temporary.
+- "numpy-per-sample": what peers do in DataLoader workers: per ECG, decode, ``M @ x`` and the mask in
+  NumPy float32 (output float32, so it writes twice the bytes of bf16; counted with the same 6 B).
+- the fused backends: "cpp" (CPU), "triton" and "cuda" (GPU), "torch" (the fallback). Triton's CPU
+  interpreter is not benchmarked (meaningless).
+CPU sizes are small so that the file runs in seconds; GPU sizes are B in {256, 4096}.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ecgfast.ops import vcg_augment
+from ecgfast.ops.vcg_augment import available_backends, vcg_augment_params
+from ecgfast.reference.vcg_augment import vcg_augment_reference
+
+N_SAMPLES = 5000
+CPU_BATCH = 64
+GPU_BATCHES = [256, 4096]
+BYTES_PER_SAMPLE = 2 + 2 * 2  # int16 in, two bf16 views out
+HAS_CUDA = torch.cuda.is_available()
+CASES = [("cpu", CPU_BATCH)] + [("cuda", b) for b in GPU_BATCHES]
+PROVIDERS = ["reference", "numpy-per-sample", "torch", "cpp", "triton", "cuda"]
+
+
+def _setup(device: str, batch: int):
+    """int16 ECGs, gain, baseline and the drawn parameters of two views, on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-3000, 3000, (batch, 8, N_SAMPLES), generator=g, dtype=torch.int16)
+    gain, baseline = 200 + 800 * torch.rand(batch, generator=g), torch.randn(batch, generator=g)
+    p = vcg_augment_params(batch, N_SAMPLES, seed=0)
+    return q.to(device), gain.to(device), baseline.to(device), p.matrices.to(device), p.mask_starts.to(device), p
+
+
+def _fn(provider: str, device: str, batch: int):
+    q, gain, baseline, m, starts, p = _setup(device, batch)
+    if provider == "reference":
+        def fn():
+            x = (q.float() - baseline[:, None, None]) / gain[:, None, None]
+            return torch.stack([vcg_augment_reference(x, m[v], starts[v], p.mask_length, out_dtype=torch.bfloat16)
+                                for v in range(2)])
+    elif provider == "numpy-per-sample":
+        qn, gn, bn, mn, sn = q.numpy(), gain.numpy(), baseline.numpy(), m.numpy(), starts.numpy()
+        block = np.arange(p.mask_length)
+
+        def fn():
+            out = np.empty((2, batch, 8, N_SAMPLES), np.float32)
+            for b in range(batch):  # one DataLoader __getitem__ per ECG
+                x = (qn[b].astype(np.float32) - bn[b]) / gn[b]
+                for v in range(2):
+                    y = mn[v, b] @ x
+                    for lead in range(8):
+                        y[lead, (sn[v, b, lead] + block) % N_SAMPLES] = 0.0
+                    out[v, b] = y
+            return out
+    else:
+        if provider not in available_backends(device):
+            pytest.skip(f"backend {provider!r} not available on {device} here")
+
+        def fn():
+            return vcg_augment(q, gain, baseline, matrices=m, mask_starts=starts, mask_length=p.mask_length,
+                               out_dtype=torch.bfloat16, backend=provider)
+    if device != "cuda":
+        return fn
+
+    def synced():
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+    return synced
+
+
+def _copy_gbps(nbytes: int) -> float:
+    """Measured device copy bandwidth (read + write) for ``nbytes`` moved: a bf16 tensor clone."""
+    src = torch.empty(nbytes // 4, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return nbytes * 20 / (start.elapsed_time(end) / 1e3) / 1e9
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(("device", "batch"), CASES, ids=[f"{d}-B{b}" for d, b in CASES])
+def test_vcg_augment_throughput(benchmark, device, batch, provider):
+    if device == "cuda" and not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
+    if device == "cuda" and provider == "numpy-per-sample":
+        pytest.skip("the NumPy loop runs on the CPU; see the cpu case")
+    if device == "cpu" and provider in ("triton", "cuda"):
+        pytest.skip(f"{provider} is a GPU backend")
+    benchmark.group = f"vcg-augment-{device}-B{batch}"
+    fn = _fn(provider, device, batch)
+    rounds = 3 if provider in ("reference", "numpy-per-sample", "torch") else 10
+    benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
+    mean = benchmark.stats.stats.mean
+    nbytes = batch * 8 * N_SAMPLES * BYTES_PER_SAMPLE
+    info = {"ecgs_per_s": batch / mean, "gb_per_s": nbytes / mean / 1e9, "batch": batch, "device": device,
+            "n_samples": N_SAMPLES, "threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(0)
+        info["copy_gb_per_s"] = _copy_gbps(nbytes)
+        info["fraction_of_copy"] = info["gb_per_s"] / info["copy_gb_per_s"]
+    benchmark.extra_info.update(info)
