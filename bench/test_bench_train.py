@@ -33,7 +33,7 @@ def _setup():
     pids = ids // 4
     model = ContrastivePretrainer(DualStreamTemporalNet(temporalnet_config(MODEL))).to(DEVICE)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4)
-    aug, loss_fn = ECGAugment(), MultiPositiveContrastiveLoss(temperature=0.1, weights=(1.0, 1.0))
+    aug, loss_fn = ECGAugment(backend="auto"), MultiPositiveContrastiveLoss(temperature=0.1, weights=(1.0, 1.0))
 
     def views_of(q):
         x = decode(q.to(DEVICE), gain.to(DEVICE), base.to(DEVICE))
@@ -87,7 +87,7 @@ def test_part_encoder_only(benchmark):
 
 @pytest.mark.benchmark(group="train-step-parts")
 def test_part_decode_views_augment(benchmark):
-    """int16 -> mV, intersegment views, VCG + mask augmentation (the reference path)."""
+    """int16 -> mV, intersegment views, VCG + mask augmentation (the fused op where built)."""
     _, _, views_of, _, q = _setup()
     benchmark.pedantic(views_of, args=(q,), rounds=10, warmup_rounds=1)
     _rate(benchmark)

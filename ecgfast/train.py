@@ -127,7 +127,8 @@ def pretrain(config: TrainConfig, resume: bool = False) -> dict:
     step_model = torch.compile(model) if use_compile else model
     augment = ECGAugment(max_angle_deg=config.max_angle_deg, scale_range=(config.scale_low, config.scale_high),
                          invert_prob=config.invert_prob, mask_fraction=config.mask_fraction,
-                         transform=config.vcg_transform, residual=config.residual, noise_std=config.noise_std)
+                         transform=config.vcg_transform, residual=config.residual, noise_std=config.noise_std,
+                         backend="auto")  # the fused op (Triton/CUDA on GPU, C++ on CPU) where built
     loss_fn = MultiPositiveContrastiveLoss(temperature=config.temperature, weights=(1.0, config.patient_weight))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
     steps_per_epoch = len(sampler)
