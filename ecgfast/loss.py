@@ -1,9 +1,10 @@
 """The multi-positive contrastive loss of ecgfast pretraining (SupCon, Khosla et al. 2020; METHOD.md "Loss").
 
 One op, two layers: the functional :func:`multi_positive_contrastive_loss` and the module
-:class:`MultiPositiveContrastiveLoss`, which only holds hyperparameters. The arithmetic is the plain-PyTorch
-reference (:mod:`ecgfast.reference.contrastive_loss`, whose docstring gives the exact definition); the fused
-kernel will replace it behind this same API.
+:class:`MultiPositiveContrastiveLoss`, which only holds hyperparameters. The arithmetic is the fused op of
+:mod:`ecgfast.ops.contrastive_loss` (O(N d) memory; Triton on CUDA, blockwise C++ on CPU), whose exact definition
+is the plain-PyTorch reference (:mod:`ecgfast.reference.contrastive_loss`); ``backend="torch"`` (or
+``$ECGFAST_LOSS_BACKEND=torch``) runs the reference itself.
 
 Under ``torch.distributed`` (world size > 1, ``gather=True``) each rank scores its local rows against the rows of
 every rank: embeddings are gathered with ``torch.distributed.nn.functional.all_gather``, whose backward sums the
@@ -22,6 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .ops.contrastive_loss import multi_positive_contrastive_loss as fused_multi_positive_contrastive_loss
 from .reference.contrastive_loss import (
     as_group_id_matrix,
     as_view_ids,
@@ -30,6 +32,16 @@ from .reference.contrastive_loss import (
     multi_positive_contrastive_loss_reference,
     positive_weight_sums,
 )
+
+
+def _scored(z_all: torch.Tensor, ids: torch.Tensor, temperature: float, weights, views: torch.Tensor | None,
+            normalize: bool, reduction: str, rows: slice | None, backend: str | None) -> torch.Tensor:
+    """The loss of the anchors ``rows`` of ``z_all`` (all rows when None) against all its rows, by the fused op."""
+    if z_all.shape[0] < 2:  # the reference owns the error message for a batch too small to have negatives
+        return multi_positive_contrastive_loss_reference(z_all, ids, temperature, weights, views, normalize,
+                                                         reduction, rows=rows)
+    return fused_multi_positive_contrastive_loss(z_all, ids, temperature, weights, views, normalize, reduction,
+                                                 rows=rows, backend=backend)
 
 
 def _world_size() -> int:
@@ -80,6 +92,7 @@ def multi_positive_contrastive_loss(
     normalize: bool = True,
     reduction: str = "mean",
     gather: bool = True,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Multi-positive contrastive loss; gathered across ranks under torch.distributed (module docstring).
 
@@ -94,6 +107,8 @@ def multi_positive_contrastive_loss(
         reduction: ``"mean"`` over rows with positives, ``"sum"``, or ``"none"`` (this rank's rows, 0 for rows
             without positives).
         gather: score against every rank's rows when torch.distributed runs with world size > 1.
+        backend: ``"triton"``, ``"cpp"`` or ``"torch"`` for the fused op (:mod:`ecgfast.ops.contrastive_loss`);
+            None: ``$ECGFAST_LOSS_BACKEND`` or the best available for the device.
 
     Returns:
         A float32 scalar (float64 for float64 ``z``), or (n,) for ``"none"``. Under torch.distributed, the
@@ -112,8 +127,10 @@ def multi_positive_contrastive_loss(
     check_hyperparameters(temperature, reduction)
     world = _world_size() if gather else 1
     if world == 1:
-        return multi_positive_contrastive_loss_reference(
-            z, group_ids, temperature, weights, view_ids, normalize, reduction)
+        if z.ndim != 2:
+            raise ValueError(f"z must be (N, d), got shape {tuple(z.shape)}")
+        return _scored(z, as_group_id_matrix(group_ids, z.shape[0]), temperature, weights, view_ids, normalize,
+                       reduction, None, backend)
 
     if z.ndim != 2:
         raise ValueError(f"z must be (n, d), got shape {tuple(z.shape)}")
@@ -124,8 +141,8 @@ def multi_positive_contrastive_loss(
     meta = ids if views is None else torch.cat([ids, views.to(z.device)[None]])  # (K [+1], n)
     z_all, meta_all, offset = _all_gather_rows(z, meta)
     ids_all, views_all = (meta_all, None) if views is None else (meta_all[:-1], meta_all[-1])
-    per_row = multi_positive_contrastive_loss_reference(  # (n,): this rank's rows against all N
-        z_all, ids_all, temperature, weights, views_all, normalize, "none", rows=slice(offset, offset + n))
+    per_row = _scored(  # (n,): this rank's rows (queries) against all N gathered rows (keys)
+        z_all, ids_all, temperature, weights, views_all, normalize, "none", slice(offset, offset + n), backend)
     if reduction == "none":
         return per_row
 
@@ -169,6 +186,7 @@ class MultiPositiveContrastiveLoss(nn.Module):
         normalize: L2-normalise the embeddings first; ``False`` when the model already did.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         gather: gather across ranks when torch.distributed is initialised with world size > 1.
+        backend: the fused op's backend, ``"triton"``, ``"cpp"``, ``"torch"`` or None (see the functional).
 
     Raises:
         ValueError: temperature <= 0 or not finite, unknown reduction, a negative or non-finite weight (here);
@@ -191,6 +209,7 @@ class MultiPositiveContrastiveLoss(nn.Module):
         normalize: bool = True,
         reduction: str = "mean",
         gather: bool = True,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         check_hyperparameters(temperature, reduction)
@@ -199,12 +218,13 @@ class MultiPositiveContrastiveLoss(nn.Module):
         self.normalize = normalize
         self.reduction = reduction
         self.gather = gather
+        self.backend = backend
 
     def forward(self, z: torch.Tensor, *group_ids: torch.Tensor, view_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Loss of embeddings ``z`` (N, d) with positives from the id vectors ``group_ids`` (each (N,))."""
         ids: Sequence[torch.Tensor] | torch.Tensor = group_ids[0] if len(group_ids) == 1 else group_ids
         return multi_positive_contrastive_loss(z, ids, self.temperature, self.weights, view_ids, self.normalize,
-                                               self.reduction, self.gather)
+                                               self.reduction, self.gather, self.backend)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, weights={self.weights}, normalize={self.normalize}, "

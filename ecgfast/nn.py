@@ -80,3 +80,4 @@ class VCGAugment(nn.Module):
 
 
 # --- MultiPositiveContrastiveLoss (issue 6): the loss module of ecgfast.loss, on the fused op of ecgfast.ops ---
+from ecgfast.loss import MultiPositiveContrastiveLoss  # noqa: E402, F401

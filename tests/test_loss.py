@@ -7,6 +7,7 @@ float64 gradcheck, independent ports of CLOCS' symmetric per-view-pair loss and 
 
 from __future__ import annotations
 
+import gc
 import math
 import socket
 import traceback
@@ -460,10 +461,11 @@ def test_module_and_functional_match_the_reference() -> None:
     views = torch.arange(10) // 5
     expected = multi_positive_contrastive_loss_reference(z, [ecg, patient], 0.2, [1.0, 0.25], views)
     module = MultiPositiveContrastiveLoss(temperature=0.2, weights=[1.0, 0.25])
-    torch.testing.assert_close(module(z, ecg, patient, view_ids=views), expected, rtol=0, atol=0)
-    torch.testing.assert_close(module(z, torch.stack([ecg, patient]), view_ids=views), expected, rtol=0, atol=0)
+    # the module and the functional run the fused op: the reference's value up to float32 summation order
+    torch.testing.assert_close(module(z, ecg, patient, view_ids=views), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(module(z, torch.stack([ecg, patient]), view_ids=views), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(multi_positive_contrastive_loss(z, [ecg, patient], 0.2, [1.0, 0.25], views),
-                               expected, rtol=0, atol=0)
+                               expected, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -518,7 +520,10 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             (loss.mean() if case == "none" else loss).backward()
             results[case] = {"loss": loss.detach(), "z_grad": z.grad, "weight_grad": model.weight.grad,
                              "bias_grad": model.bias.grad}
+            del ddp, z, loss  # DDP's reducer holds gloo work: release it while the process group is alive
+            gc.collect()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
         dist.destroy_process_group()
     except Exception:  # the parent reads this and fails with it
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())

@@ -6,3 +6,5 @@ Each op is usable as a function (here) and as a module (:mod:`ecgfast.nn`). Back
 """
 from .vcg_augment import vcg_augment  # noqa: F401
 
+# isort: split
+from .contrastive_loss import multi_positive_contrastive_loss  # noqa: F401

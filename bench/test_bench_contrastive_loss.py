@@ -1,0 +1,115 @@
+"""Fused multi-positive contrastive loss vs the naive PyTorch loss that materialises N x N: speed and peak memory.
+
+Run: ``pytest bench/test_bench_contrastive_loss.py --benchmark-only`` (or ``python bench/run_all.py``). Providers
+"naive" (what peers write: the similarity matrix, a positive mask, log-softmax) and "fused"
+(:func:`ecgfast.ops.multi_positive_contrastive_loss`: triton on CUDA, the blockwise cpp backend on CPU; the Triton
+interpreter is never benchmarked); modes "forward" and "full" (forward + backward). Each benchmark records in
+``extra_info`` its peak extra memory (CUDA: ``max_memory_allocated``; CPU: peak RSS of one call in a fresh
+process, the VmHWM mark reset before it) and its rate of the matmul FLOPs (forward 2 N^2 d, full 6 N^2 d: the
+floor any implementation pays). CPU runs only the small sizes; GPU sizes go to N = 65,536, where the naive loss is
+skipped (> 64 GB).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+TAU = 0.1
+CPU_NS = (1024, 2048)
+GPU_NS = (1024, 4096, 8192, 16384, 65536)
+DS = (128, 256)
+NAIVE_MAX_N = 16384  # the naive loss at 65,536 rows needs several 16 GiB N x N matrices
+
+
+def naive_loss(z: torch.Tensor, ids: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """The usual SupCon code: N x N similarities, self masked out, log-softmax, mean over the positives."""
+    x = torch.nn.functional.normalize(z.float(), dim=1)
+    s = x @ x.T / tau
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    log_p = s.masked_fill(eye, float("-inf")).log_softmax(dim=1).masked_fill(eye, 0.0)
+    pos = (ids[:, None] == ids[None, :]) & ~eye
+    return -((log_p * pos).sum(1) / pos.sum(1).clamp(min=1)).mean()
+
+
+def make_case(provider: str, mode: str, n: int, d: int, device: torch.device = DEVICE):
+    """(fn, z) for one benchmark: ``fn()`` runs the forward (and the backward for mode "full")."""
+    gen = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    z = torch.randn(n, d, generator=gen).to(device=device, dtype=dtype).requires_grad_(mode == "full")
+    ids = (torch.arange(n) // 2).to(device)  # two views of n / 2 ECGs
+
+    def loss() -> torch.Tensor:
+        if provider == "naive":
+            return naive_loss(z, ids)
+        return multi_positive_contrastive_loss(z, ids, TAU, backend="triton" if device.type == "cuda" else "cpp")
+
+    def fn() -> None:
+        out = loss()
+        if mode == "full":
+            out.backward()
+            z.grad = None
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return fn, z
+
+
+_CPU_PEAK = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[5])
+    from test_bench_contrastive_loss import make_case
+    provider, mode, n, d = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    make_case(provider, mode, 64, d, torch.device("cpu"))[0]()  # warm up libraries on a small input
+    fn, _ = make_case(provider, mode, n, d, torch.device("cpu"))
+    kib = lambda key: int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1])
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak RSS mark (VmHWM) to the current RSS
+    before = kib("VmRSS:")
+    fn()
+    print((kib("VmHWM:") - before) / 1024)
+""")
+
+
+def peak_extra_mib(provider: str, mode: str, n: int, d: int) -> float:
+    """Peak extra memory of one call in MiB: CUDA allocator peak, or peak RSS in a fresh CPU process."""
+    if CUDA:
+        fn, _ = make_case(provider, mode, n, d)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    out = subprocess.run([sys.executable, "-c", _CPU_PEAK, provider, mode, str(n), str(d),
+                          os.path.dirname(os.path.abspath(__file__))], capture_output=True, text=True, timeout=600)
+    return float(out.stdout.split()[-1]) if out.returncode == 0 else float("nan")
+
+
+CASES = [(n, d, False) for n in CPU_NS for d in DS] + [(n, d, True) for n in GPU_NS for d in DS]
+
+
+@pytest.mark.parametrize("mode", ("forward", "full"))
+@pytest.mark.parametrize("provider", ("naive", "fused"))
+@pytest.mark.parametrize("n,d,gpu", CASES, ids=[f"{'gpu' if g else 'cpu'}-N{n}-d{d}" for n, d, g in CASES])
+def test_contrastive_loss(benchmark, provider: str, mode: str, n: int, d: int, gpu: bool) -> None:
+    if gpu and not CUDA:
+        pytest.skip("GPU sizes need CUDA")
+    if not gpu and CUDA:
+        pytest.skip("CPU sizes run on CPU-only machines")
+    if provider == "naive" and n > NAIVE_MAX_N:
+        pytest.skip(f"the naive loss at N = {n} needs several {n * n * 4 / 2**30:.0f} GiB N x N matrices")
+    benchmark.group = f"contrastive-loss-{mode}-N{n}-d{d}"
+    fn, _ = make_case(provider, mode, n, d)
+    benchmark.pedantic(fn, rounds=3 if CUDA else 2, warmup_rounds=1)
+    flops = (2 if mode == "forward" else 6) * n * n * d
+    benchmark.extra_info["device"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
+    benchmark.extra_info["matmul_tflops"] = flops / benchmark.stats.stats.mean / 1e12
+    benchmark.extra_info["peak_extra_mib"] = peak_extra_mib(provider, mode, n, d)
