@@ -24,6 +24,7 @@ class TrainConfig:
     views: str = "intersegment"  # "intersegment": the 2 halves of a 10 s ECG; "augment": 2 copies of 1 crop
     k_per_patient: int = 4  # ECGs of one patient kept together in a batch (patient-aware positives)
     workers: int = 2  # DataLoader worker processes reading the store
+    loader: str = "auto"  # input path: "dali" (DALI pipeline), "torch" (DataLoader), "auto": DALI with a GPU
     # model
     model: str = "paper"  # TemporalNet preset: paper, small, tiny
     # augmentation (3KG)
@@ -66,7 +67,7 @@ class TrainConfig:
 
 #: Allowed values of the string settings (the CLI offers them as choices).
 CHOICES = {"views": ("intersegment", "augment"), "model": ("paper", "small", "tiny"),
-           "vcg_transform": ("dower", "kors")}
+           "vcg_transform": ("dower", "kors"), "loader": ("auto", "dali", "torch")}
 
 
 def field_help() -> dict[str, str]:

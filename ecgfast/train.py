@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .augment import ECGAugment
 from .checkpoint import CheckpointError, latest_checkpoint, load_state, load_weights, save_checkpoint
 from .config import CHOICES, SYNTHETIC_DEFAULTS, TrainConfig, field_help, load_config, to_toml
-from .data.loader import decode, make_loader
+from .data.loader import decode, make_input
 from .data.sampler import PatientBatchSampler
 from .data.splits import SplitError
 from .data.store import ECGStore, StoreError
@@ -97,6 +97,7 @@ def pretrain(config: TrainConfig, resume: bool = False) -> dict:
         ValueError: an impossible batch for the sampler, or bad settings.
         NonFiniteLossError: the loss kept being NaN/Inf.
     """
+    owns_group = not (dist.is_available() and dist.is_initialized())  # a group made here is destroyed here
     rank, world, local_rank = _distributed()
     device = torch.device(config.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -117,7 +118,7 @@ def pretrain(config: TrainConfig, resume: bool = False) -> dict:
     patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]
     sampler = PatientBatchSampler(store.patient_ids[train_rows], config.batch_size, config.k_per_patient,
                                   seed=config.seed, rank=rank, world_size=world, indices=train_rows)
-    loader = make_loader(store, sampler, patient_codes, workers=config.workers, pin_memory=device.type == "cuda")
+    loader = make_input(store, sampler, patient_codes, backend=config.loader, device=device, workers=config.workers)
 
     encoder = DualStreamTemporalNet(temporalnet_config(config.model)).to(device)
     model: torch.nn.Module = ContrastivePretrainer(encoder)
@@ -229,6 +230,9 @@ def pretrain(config: TrainConfig, resume: bool = False) -> dict:
         metrics.close()
     if world > 1:
         dist.barrier()
+        del model, step_model  # DDP's reducer holds gloo/NCCL work: release it while the group is alive
+        if owns_group:
+            dist.destroy_process_group()  # an undestroyed group can abort the process at exit
     return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
             "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch}
 

@@ -1,13 +1,13 @@
-"""The torch DataLoader path over the memory-mapped store (the DALI path of the input issue sits beside it).
+"""The torch DataLoader path over the memory-mapped store, and :func:`make_input`, which picks it or the DALI path.
 
 Workers read whole batches (one sorted memmap gather per shard) and hand over int16 samples with each
 record's gain and baseline; decoding to float millivolts happens on the training device, so 2 bytes a
-sample cross the host-device link instead of 4.
+sample cross the host-device link instead of 4. The DALI path (dali_loader.py) yields the same tuples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -56,6 +56,45 @@ def make_loader(store: ECGStore, sampler: PatientBatchSampler, patient_codes: np
         StoreBatchDataset(store, patient_codes), batch_sampler=sampler, collate_fn=_whole_batch,
         num_workers=workers, pin_memory=pin_memory, prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False, generator=torch.Generator().manual_seed(0))
+
+
+BACKENDS = ("auto", "dali", "torch")
+
+
+def make_input(store: ECGStore, sampler: PatientBatchSampler, patient_codes: np.ndarray, backend: str = "auto",
+               device: torch.device | str | None = None, workers: int = 2,
+               pin_memory: bool | None = None) -> Iterable[tuple[torch.Tensor, ...]]:
+    """The input path of training: an iterable over ``sampler``'s batches, one pass per epoch, either backend.
+
+    Every batch is (samples (B, 8, T) int16, gain (B,) float32, baseline (B,) float32, record (B,) int64 store row,
+    patient (B,) int64 patient code), the same values from either backend for the same sampler and seed. The
+    torch path gives CPU tensors (pinned with CUDA); the DALI path gives them on ``device``.
+
+    Args:
+        backend: "dali" (DALI pipeline: on the GPU of ``device``, or CPU-only), "torch" (DataLoader with
+            ``workers`` processes), or "auto": DALI where it is installed and ``device`` is a CUDA device, the
+            torch DataLoader otherwise (no DALI, or no GPU: on the CPU the DataLoader's workers are the faster path).
+        device: the training device (default: CUDA if available, else the CPU).
+        workers: DataLoader worker processes (torch path).
+        pin_memory: pin the torch path's batches (default: when ``device`` is CUDA).
+
+    Raises:
+        ValueError: an unknown backend.
+        ImportError: backend="dali" without DALI installed.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    if backend == "auto":
+        from .dali_loader import dali_available
+
+        backend = "dali" if device.type == "cuda" and dali_available() else "torch"
+    if backend == "dali":
+        from .dali_loader import DALIStoreLoader
+
+        return DALIStoreLoader(store, sampler, patient_codes, device=device, output="int16")
+    return make_loader(store, sampler, patient_codes, workers=workers,
+                       pin_memory=device.type == "cuda" if pin_memory is None else pin_memory)
 
 
 def decode(samples: torch.Tensor, gain: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
