@@ -92,12 +92,11 @@ def _assert_close_to_reference(out, x, gain, baseline, matrices, starts, mask_le
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("in_dtype", IN_DTYPES)
-@pytest.mark.parametrize("n", LENGTHS + [LONG_LENGTH])
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("backend", "n"), [(b, n) for b in BACKENDS for n in LENGTHS + [LONG_LENGTH]
+                                            if not (b == "triton" and n == LONG_LENGTH)])
 def test_backend_equals_reference(backend, batch, n, in_dtype, out_dtype, layout):
-    if backend == "triton" and n == LONG_LENGTH:
-        pytest.skip("T = 2500 in the Triton interpreter is slow; covered by cpp/torch and on GPU")
+    # T = 2500 is left out for Triton (the interpreter is slow there): cpp/torch cover it; the GPU test runs Triton
     x, gain, baseline, matrices, starts = _inputs(batch, n, in_dtype, layout, seed=batch * 1000 + n)
     mask_length = min(round(0.5 * n), n - 1)
     # one view and two: both on the fast paths; in the (slow) Triton interpreter one view only for B = 1
