@@ -4,8 +4,9 @@
     python bench/run_all.py bench/test_bench_data.py   # a subset (files, or -k EXPR)
 
 Writes ``bench/results/<device>-<date>.json`` (device name, date, versions, every benchmark's mean time and
-extra info) and a Markdown table beside it. On a GPU machine it is the one script to run: the CUDA-only
-benchmarks and checks run there and are skipped elsewhere.
+extra info) and a Markdown table beside it. On a GPU machine it is the one script to run: it first runs the
+test suite there (real Triton and CUDA kernels, the GPU-only tests) and records the outcome, then the
+benchmarks, the CUDA-only ones included (they skip elsewhere).
 """
 
 from __future__ import annotations
@@ -48,12 +49,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_tests() -> dict:
+    """The whole test suite on this device (on a GPU: real Triton/CUDA kernels, GPU-only tests): rc and summary."""
+    res = subprocess.run([sys.executable, "-m", "pytest", str(HERE.parent / "tests"), "-q", "-p", "no:cacheprovider",
+                          "-rfs"], capture_output=True, text=True)
+    print(res.stdout[-4000:], res.stderr[-2000:], sep="\n")
+    lines = [ln for ln in res.stdout.strip().splitlines() if ln.strip()]
+    return {"rc": res.returncode, "summary": lines[-1].strip("= ") if lines else "no output",
+            "failures_and_skips": [ln for ln in lines if ln.startswith(("FAILED", "SKIPPED", "ERROR"))][:50]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="*", default=[str(HERE)], help="benchmark files or folders (default: bench/)")
     p.add_argument("-k", default=None, help="pytest -k expression to select benchmarks")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--tests", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the test suite first and record its outcome (default: on with CUDA, where the kernels "
+                        "compile for real and the GPU-only tests run)")
     args = p.parse_args(argv)
+    tests = run_tests() if (args.tests if args.tests is not None else _has_cuda()) else None
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "bench.json"
         cmd = [sys.executable, "-m", "pytest", *args.paths, "--benchmark-only", f"--benchmark-json={raw}", "-q",
@@ -74,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((out / f"{stem}.json").read_text())["benchmarks"]
         rows = [r for r in earlier if r["name"] not in {n["name"] for n in rows}] + rows
     result = {"device": device, "date": date, "versions": versions(), "benchmarks": rows}
+    if tests is not None:
+        result["tests"] = tests
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Benchmarks on {device}, {date}", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
                                                                               result["versions"].items()), "",
+             *([f"Test suite on this device: {tests['summary']} (exit code {tests['rc']})", ""] if tests else []),
              "| group | benchmark | mean | rate |", "|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["group"] or "", r["name"])):
         rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r if k.endswith("_per_s")), "")
         lines.append(f"| {r['group']} | {r['name']} | {r['mean_s'] * 1e3:,.1f} ms | {rate} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return rc
+    return rc or (tests["rc"] if tests else 0)
 
 
 if __name__ == "__main__":
