@@ -341,3 +341,58 @@ def test_two_ranks_on_the_fused_cpp_op_match_the_single_process_full_batch(tmp_p
                         calls.append(1) or f(*a))
     test_loss.test_two_ranks_match_the_single_process_full_batch(tmp_path)
     assert calls  # the single-process side ran the fused op too
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile of the Triton kernels for an H100, without a GPU
+
+_TRITON_AOT = textwrap.dedent("""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from ecgfast.kernels.contrastive_loss import (_mp_contrastive_bwd_dq_kernel, _mp_contrastive_bwd_kernel,
+                                                  _mp_contrastive_fwd_kernel, mp_contrastive_block_sizes)
+
+    # the launcher's argument types (ecgfast.ops.contrastive_loss): ints are i32, floats fp32, lse / g / out fp32,
+    # VIEWS the int64 view ids, or x itself as a dummy pointer when HAS_VIEWS is False
+    FWD = ("X", "VIEWS", "*fp32", "i32", "i32", "i32", "i32", "i32", "fp32")
+    BWD = ("X", "VIEWS", "*fp32", "*fp32", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32", "fp32", "fp32")
+    # DOT_PRECISION as _dot_precision picks it on CUDA: tf32 only for fp32 with allow_tf32
+    for dtype, precision in [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee"), ("fp16", "ieee")]:
+        for d, has_views in [(64, False), (1024, True)]:  # BLOCK_D = BLOCK_DO = 64, and 128 (d in 8 chunks)
+            cfg = mp_contrastive_block_sizes(d, on_gpu=True)
+            ptr = {"X": f"*{dtype}", "VIEWS": "*i64" if has_views else f"*{dtype}"}
+            for kernel, types in [(_mp_contrastive_fwd_kernel, FWD), (_mp_contrastive_bwd_kernel, BWD),
+                                  (_mp_contrastive_bwd_dq_kernel, BWD)]:
+                names = list(kernel.arg_names)
+                consts = {k: v for k, v in {**cfg, "HAS_VIEWS": has_views, "DOT_PRECISION": precision}.items()
+                          if k in names}
+                assert len(types) + len(consts) == len(names), names
+                signature = dict(zip(names, [ptr.get(t, t) for t in types] + ["constexpr"] * len(consts)))
+                source = ASTSource(fn=kernel, signature=signature,
+                                   constexprs={(names.index(k),): v for k, v in consts.items()})
+                compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+                ptx = compiled.asm["ptx"]
+                assert len(compiled.asm["cubin"]) > 0 and "st.global" in ptx
+                if (dtype, precision) != ("fp32", "ieee"):  # tensor cores for bf16 / fp16 / tf32 products
+                    assert "mma" in ptx, (kernel.fn.__name__, dtype, d)
+                print(kernel.fn.__name__, dtype, precision, d, has_views, "ok")
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
+def test_triton_loss_kernels_compile_for_sm90_without_a_gpu(tmp_path) -> None:
+    """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90) of the forward and both backward kernels,
+    with the launcher's signatures, tile sizes, num_warps and num_stages: fp32 (ieee and tf32 products), bf16 and
+    fp16, d = 64 (no views) and d = 1024 (view ids, d in chunks). Catches what the interpreter accepts but the GPU
+    compiler rejects, on CPU-only CI. A subprocess, because the interpreter (TRITON_INTERPRET=1) cannot compile;
+    a fresh Triton cache, so every kernel really is compiled."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
+    result = subprocess.run([sys.executable, "-c", _TRITON_AOT], capture_output=True, text=True, env=env, timeout=300)
+    if "no NVIDIA backend" in result.stderr or "KeyError: 'cuda'" in result.stderr:
+        pytest.skip("this triton has no NVIDIA backend")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count(" ok") == 24
