@@ -65,6 +65,24 @@ def run_tests() -> dict:
             "failures_and_skips": [ln for ln in lines if ln.startswith(("FAILED", "SKIPPED", "ERROR"))][:50]}
 
 
+NOTE_KEYS = {"gb_per_s": "{:.2f} GB/s", "peak_extra_mib": "peak +{:,.1f} MiB", "wait_share": "data wait {:.1%}",
+             "matmul_tflops": "{:.3f} TFLOP/s"}
+
+
+def markdown(result: dict) -> list[str]:
+    """The Markdown table of a result file: one row per benchmark, its rate and the notes it recorded."""
+    tests = result.get("tests")
+    lines = [f"# Benchmarks on {result['device']}, {result['date']}", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()), "",
+             *([f"Test suite on this device: {tests['summary']} (exit code {tests['rc']})", ""] if tests else []),
+             "| group | benchmark | mean | rate | notes |", "|---|---|---|---|---|"]
+    for r in sorted(result["benchmarks"], key=lambda r: (r["group"] or "", r["name"])):
+        rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r if k.endswith("_per_s")), "")
+        notes = ", ".join(fmt.format(r[k]) for k, fmt in NOTE_KEYS.items() if isinstance(r.get(k), (int, float)))
+        lines.append(f"| {r['group']} | {r['name']} | {r['mean_s'] * 1e3:,.1f} ms | {rate} | {notes} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="*", default=[str(HERE)], help="benchmark files or folders (default: bench/)")
@@ -98,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if tests is not None:
         result["tests"] = tests
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Benchmarks on {device}, {date}", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in
-                                                                              result["versions"].items()), "",
-             *([f"Test suite on this device: {tests['summary']} (exit code {tests['rc']})", ""] if tests else []),
-             "| group | benchmark | mean | rate |", "|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["group"] or "", r["name"])):
-        rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r if k.endswith("_per_s")), "")
-        lines.append(f"| {r['group']} | {r['name']} | {r['mean_s'] * 1e3:,.1f} ms | {rate} |")
+    lines = markdown(result)
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return rc or (tests["rc"] if tests else 0)
