@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="ecgfast-prepare",
-        description="Read ECG collections (WFDB, CinC, PTB-XL, MIMIC-IV-ECG, CODE-15%%, .npy, synthetic), check "
+        description="Read ECG collections (WFDB, CinC, PTB-XL, MIMIC-IV-ECG, CODE-15%, .npy, synthetic), check "
                     "and preprocess every record, and write one memory-mapped int16 store with a manifest.",
         epilog="examples:\n  ecgfast-prepare /data/ptb-xl --out stores/ptbxl --split-by strat_fold\n"
                "  ecgfast-prepare /data/cinc2021/georgia /data/cinc2021/cpsc --out stores/cinc --workers 8\n"
