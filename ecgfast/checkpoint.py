@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data.store import write_json_atomic
+from .data.store import _UMASK, atomic_path, write_json_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -36,14 +36,16 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         torch.save(state, tmp / "state.pt")
         if config is not None:
             write_json_atomic(tmp / "config.json", config)
+        for file in tmp.iterdir():  # mkdtemp and safetensors make owner-only modes: give the user's usual ones
+            os.chmod(file, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.NamedTemporaryFile("w", dir=root, delete=False, prefix=".latest.") as f:
-        f.write(final.name + "\n")
-    os.replace(f.name, root / "latest")
+    with atomic_path(root / "latest") as pointer:
+        pointer.write_text(final.name + "\n")
     for old in sorted(root.glob("ckpt-*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
