@@ -64,3 +64,19 @@ def test_real_metadata_labels_and_patients(real_store):
     lengths = dict(zip(store.manifest["record_id"], store.valid_length, strict=False))
     assert lengths["s0010_re"] == 5000  # 38.4 s cropped to the store's 10 s
     assert min(lengths.values()) == 5000  # every real record is at least 10 s
+
+
+def test_pretraining_steps_on_the_real_store(real_store, tmp_path):
+    """Three steps of the real loop on real signals (records of other lengths cropped or zero-padded, most patients
+    with one ECG): no step skipped, finite losses, a checkpoint."""
+    from ecgfast.config import load_config
+    from ecgfast.train import pretrain
+
+    _, store = real_store
+    config = load_config(overrides={"store": str(store.path), "out": str(tmp_path / "run"), "model": "tiny",
+                                    "batch_size": 8, "max_steps": 3, "workers": 0, "progress": False,
+                                    "warmup_epochs": 0.1, "lr": 1e-3})
+    summary = pretrain(config)
+    assert summary["steps"] == 3 and summary["skipped"] == 0
+    assert np.isfinite(summary["losses"]).all()
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-00000003" / "model.safetensors").is_file()
