@@ -11,7 +11,7 @@ on CUDA also the copy bandwidth measured for the same byte count and the fractio
   NumPy float32 (output float32, so it writes twice the bytes of bf16; counted with the same 6 B).
 - the fused backends: "cpp" (CPU), "triton" and "cuda" (GPU), "torch" (the fallback). Triton's CPU
   interpreter is not benchmarked (meaningless).
-CPU sizes are small so that the file runs in seconds; GPU sizes are B in {256, 4096}.
+CPU sizes are B in {64, 256} so that the file runs in seconds; GPU sizes are B in {256, 4096}.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from ecgfast.ops.vcg_augment import available_backends, vcg_augment_params
 from ecgfast.reference.vcg_augment import vcg_augment_reference
 
 N_SAMPLES = 5000
-CPU_BATCH = 64
+CPU_BATCHES = [64, 256]
 GPU_BATCHES = [256, 4096]
 BYTES_PER_SAMPLE = 2 + 2 * 2  # int16 in, two bf16 views out
 HAS_CUDA = torch.cuda.is_available()
-CASES = [("cpu", CPU_BATCH)] + [("cuda", b) for b in GPU_BATCHES]
+CASES = [("cpu", b) for b in CPU_BATCHES] + [("cuda", b) for b in GPU_BATCHES]
 PROVIDERS = ["reference", "numpy-per-sample", "torch", "cpp", "triton", "cuda"]
 
 
