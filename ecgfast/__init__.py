@@ -1,7 +1,11 @@
 """ecgfast: high-throughput contrastive self-supervised pretraining of ECG encoders.
 
-The data layer lives in :mod:`ecgfast.data`: readers for WFDB, PhysioNet/CinC, PTB-XL, MIMIC-IV-ECG,
-CODE-15% and numpy arrays; preprocessing; the int16 memory-mapped store; the synthetic corpus.
+- :mod:`ecgfast.data`: readers (WFDB, PhysioNet/CinC, PTB-XL, MIMIC-IV-ECG, CODE-15%, numpy), preprocessing,
+  the int16 memory-mapped store, patient splits, the synthetic corpus, samplers, the torch and DALI loaders.
+- :mod:`ecgfast.ops` / :mod:`ecgfast.nn`: the fused VCG augmentation and multi-positive contrastive loss.
+- :mod:`ecgfast.models`: TemporalNet and the dual-stream model. :mod:`ecgfast.reference`: plain-torch oracles.
+- CLIs: ``ecgfast-prepare`` (prepare.py), ``ecgfast-train`` (train.py), ``ecgfast-eval`` (evaluate.py),
+  ``ecgfast-embed`` (embed.py).
 """
 
 __version__ = "0.1.0"

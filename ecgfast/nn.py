@@ -1,11 +1,17 @@
-"""Thin ``nn.Module`` wrappers of the fused ops of :mod:`ecgfast.ops`: they only hold hyperparameters."""
+"""Thin ``nn.Module`` wrappers of the fused ops of :mod:`ecgfast.ops`: they only hold hyperparameters.
 
+- :class:`VCGAugment`: :func:`ecgfast.ops.vcg_augment` as a module.
+- :class:`MultiPositiveContrastiveLoss`: the loss module of :mod:`ecgfast.loss` (the fused op, gathered across
+  ranks under torch.distributed).
+"""
 
-# --- VCGAugment (issue 5): imports of this block kept with it, so appended blocks stay independent ---
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from ecgfast.ops.vcg_augment import OUT_DTYPES, TRANSFORMS, VCGAugmentDraw, vcg_augment  # noqa: E402
+from ecgfast.loss import MultiPositiveContrastiveLoss
+from ecgfast.ops.vcg_augment import OUT_DTYPES, TRANSFORMS, VCGAugmentDraw, vcg_augment
+
+__all__ = ["MultiPositiveContrastiveLoss", "VCGAugment"]
 
 
 class VCGAugment(nn.Module):
@@ -77,7 +83,3 @@ class VCGAugment(nn.Module):
                            invert_prob=self.invert_prob, mask_fraction=self.mask_fraction, transform=self.transform,
                            residual=self.residual, noise_std=self.noise_std, out_dtype=self.out_dtype,
                            backend=self.backend, return_params=return_params)
-
-
-# --- MultiPositiveContrastiveLoss (issue 6): the loss module of ecgfast.loss, on the fused op of ecgfast.ops ---
-from ecgfast.loss import MultiPositiveContrastiveLoss  # noqa: E402, F401

@@ -4,7 +4,7 @@ Each op is usable as a function (here) and as a module (:mod:`ecgfast.nn`). Back
 (``ecgfast.kernels``), the C++/CUDA extension ``ecgfast._C`` (csrc/), and the plain-torch reference
 (:mod:`ecgfast.reference`), which is the fallback and the oracle of the tests.
 """
-from .vcg_augment import vcg_augment  # noqa: F401
+from .contrastive_loss import multi_positive_contrastive_loss
+from .vcg_augment import vcg_augment
 
-# isort: split
-from .contrastive_loss import multi_positive_contrastive_loss  # noqa: F401
+__all__ = ["multi_positive_contrastive_loss", "vcg_augment"]
