@@ -6,8 +6,8 @@ Run: ``pytest bench/test_bench_contrastive_loss.py --benchmark-only`` (or ``pyth
 interpreter is never benchmarked); modes "forward" and "full" (forward + backward). Each benchmark records in
 ``extra_info`` its peak extra memory (CUDA: ``max_memory_allocated``; CPU: peak RSS of one call in a fresh
 process, the VmHWM mark reset before it) and its rate of the matmul FLOPs (forward 2 N^2 d, full 6 N^2 d: the
-floor any implementation pays). CPU runs only the small sizes; GPU sizes go to N = 65,536, where the naive loss is
-skipped (> 64 GB).
+floor any implementation pays). CPU runs the small sizes and N = 8,192 at d = 128; GPU sizes go to N = 65,536,
+where the naive loss is skipped (> 64 GB).
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def peak_extra_mib(provider: str, mode: str, n: int, d: int) -> float:
     return float(out.stdout.split()[-1]) if out.returncode == 0 else float("nan")
 
 
-CASES = [(n, d, False) for n in CPU_NS for d in DS] + [(n, d, True) for n in GPU_NS for d in DS]
+CPU_LARGE = ((8192, 128),)  # one large CPU case, where the N x N matrix (256 MiB) starts to cost
+CASES = ([(n, d, False) for n in CPU_NS for d in DS] + [(n, d, False) for n, d in CPU_LARGE]
+         + [(n, d, True) for n in GPU_NS for d in DS])
 
 
 @pytest.mark.parametrize("mode", ("forward", "full"))
