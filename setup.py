@@ -41,6 +41,7 @@ def _extensions() -> tuple[list, dict]:
     kwargs = dict(
         name="ecgfast._C",
         sources=sources,
+        depends=sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)),  # rebuild when a header changes
         extra_compile_args={"cxx": cxx + (["-DECGFAST_WITH_CUDA"] if with_cuda else []),
                             "nvcc": ["-O3", "--use_fast_math"]},
         extra_link_args=["-fopenmp"],

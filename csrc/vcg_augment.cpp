@@ -15,40 +15,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
+
+#include "vcg_augment_common.h"
 
 namespace ecgfast {
 namespace {
 
-constexpr int64_t kLeads = 8;
+using vcg::kLeads;
+using vcg::philox_randn;
 constexpr int64_t kChunk = 256;  // samples per work item: 8 x 256 float32 inputs stay in L1
-
-inline uint32_t mulhi32(uint32_t a, uint32_t b) { return static_cast<uint32_t>((uint64_t{a} * b) >> 32); }
-
-inline float uniform01(uint32_t u) {  // Triton's uint_to_uniform_float for 32 bits
-  int32_t s = static_cast<int32_t>(u);
-  if (s < 0) s = ~s;
-  return static_cast<float>(s) * 4.6566127342e-10f;
-}
-
-// Triton's tl.randn(seed, counter): Philox4x32-10 with key (seed_lo, seed_hi), counter (lo, hi, 0, 0).
-inline float philox_randn(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int i = 0; i < 10; ++i) {
-    const uint32_t a0 = c0, a2 = c2;
-    c0 = mulhi32(0xCD9E8D57u, a2) ^ c1 ^ k0;
-    c2 = mulhi32(0xD2511F53u, a0) ^ c3 ^ k1;
-    c1 = 0xCD9E8D57u * a2;
-    c3 = 0xD2511F53u * a0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  const float u1 = std::max(1.0e-7f, uniform01(c0));
-  const float th = 6.283185307179586f * uniform01(c1);
-  return std::sqrt(-2.0f * std::log(u1)) * std::cos(th);
-}
 
 template <typename in_t, typename out_t>
 void vcg_augment_cpu_kernel(const in_t* x, int64_t sb, int64_t sl, int64_t st, const float* gain, const float* base,
@@ -118,41 +94,12 @@ at::Tensor vcg_augment_cpu(const at::Tensor& x, const std::optional<at::Tensor>&
                            const std::optional<at::Tensor>& baseline, const at::Tensor& matrices,
                            const at::Tensor& mask_starts, int64_t mask_length, double noise_std, int64_t noise_seed,
                            at::ScalarType out_dtype) {
-  TORCH_CHECK(x.dim() == 3 && x.size(1) == kLeads && x.size(0) >= 1 && x.size(2) >= 1,
-              "vcg_augment: x must be (B, 8, T) with B, T >= 1, got ", x.sizes());
-  const int64_t batch = x.size(0), n = x.size(2);
-  TORCH_CHECK(matrices.dim() == 4 && (matrices.size(0) == 1 || matrices.size(0) == 2) && matrices.size(1) == batch &&
-                  matrices.size(2) == kLeads && matrices.size(3) == kLeads,
-              "vcg_augment: matrices must be (V, B, 8, 8) with V in {1, 2}, got ", matrices.sizes());
-  const int64_t nv = matrices.size(0);
-  TORCH_CHECK(mask_starts.dim() == 3 && mask_starts.size(0) == nv && mask_starts.size(1) == batch &&
-                  mask_starts.size(2) == kLeads,
-              "vcg_augment: mask_starts must be (V, B, 8), got ", mask_starts.sizes());
-  TORCH_CHECK(mask_length >= 0 && mask_length <= n, "vcg_augment: mask_length must be in [0, T], got ", mask_length);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "vcg_augment: out_dtype must be float32 or "
-              "bfloat16, got ", out_dtype);
-  const auto m = matrices.to(at::kFloat).contiguous();
-  const auto starts = mask_starts.to(at::kLong).contiguous();
-  auto out = at::empty({nv, batch, kLeads, n}, x.options().dtype(out_dtype));
-  const bool is_int = x.scalar_type() == at::kShort;
-  at::Tensor g, q0;
-  if (is_int) {
-    TORCH_CHECK(gain.has_value() && baseline.has_value(), "vcg_augment: int16 x needs gain and baseline");
-    g = gain->to(at::kFloat).contiguous();
-    q0 = baseline->to(at::kFloat).contiguous();
-    TORCH_CHECK(g.numel() == batch && q0.numel() == batch, "vcg_augment: gain and baseline must be (B,)");
-  }
-  const float* gp = is_int ? g.data_ptr<float>() : nullptr;
-  const float* bp = is_int ? q0.data_ptr<float>() : nullptr;
-  switch (x.scalar_type()) {
-    case at::kShort: dispatch_out<int16_t>(x, gp, bp, m, starts, out, mask_length, noise_std, noise_seed); break;
-    case at::kFloat: dispatch_out<float>(x, gp, bp, m, starts, out, mask_length, noise_std, noise_seed); break;
-    case at::kHalf: dispatch_out<at::Half>(x, gp, bp, m, starts, out, mask_length, noise_std, noise_seed); break;
-    case at::kBFloat16:
-      dispatch_out<at::BFloat16>(x, gp, bp, m, starts, out, mask_length, noise_std, noise_seed);
-      break;
-    default: TORCH_CHECK(false, "vcg_augment: x must be int16, float16, bfloat16 or float32, got ", x.scalar_type());
-  }
+  const auto p = vcg::check_and_prepare(x, gain, baseline, matrices, mask_starts, mask_length, out_dtype);
+  auto out = at::empty({p.n_views, p.batch, kLeads, p.n}, x.options().dtype(out_dtype));
+  vcg::dispatch_input(x.scalar_type(), [&](auto tag) {
+    dispatch_out<decltype(tag)>(x, p.gain_ptr, p.base_ptr, p.matrices, p.starts, out, mask_length, noise_std,
+                                noise_seed);
+  });
   return out;
 }
 
