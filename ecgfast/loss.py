@@ -37,7 +37,7 @@ from .reference.contrastive_loss import (
 def _scored(z_all: torch.Tensor, ids: torch.Tensor, temperature: float, weights, views: torch.Tensor | None,
             normalize: bool, reduction: str, rows: slice | None, backend: str | None) -> torch.Tensor:
     """The loss of the anchors ``rows`` of ``z_all`` (all rows when None) against all its rows, by the fused op."""
-    if z_all.shape[0] < 2:  # the reference owns the error message for a batch too small to have negatives
+    if z_all.shape[0] < 2:  # one row has no pair: the reference's convention (loss 0, a warning); the op refuses N < 2
         return multi_positive_contrastive_loss_reference(z_all, ids, temperature, weights, views, normalize,
                                                          reduction, rows=rows)
     return fused_multi_positive_contrastive_loss(z_all, ids, temperature, weights, views, normalize, reduction,
@@ -125,15 +125,13 @@ def multi_positive_contrastive_loss(
         >>> loss.backward()
     """
     check_hyperparameters(temperature, reduction)
+    if z.ndim != 2:
+        raise ValueError(f"z must be (N, d), got shape {tuple(z.shape)}")
     world = _world_size() if gather else 1
     if world == 1:
-        if z.ndim != 2:
-            raise ValueError(f"z must be (N, d), got shape {tuple(z.shape)}")
         return _scored(z, as_group_id_matrix(group_ids, z.shape[0]), temperature, weights, view_ids, normalize,
                        reduction, None, backend)
 
-    if z.ndim != 2:
-        raise ValueError(f"z must be (n, d), got shape {tuple(z.shape)}")
     n = z.shape[0]
     ids = as_group_id_matrix(group_ids, n).to(z.device)  # (K, n)
     check_weights(weights, ids.shape[0])
