@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .data.store import _UMASK, atomic_path, write_json_atomic
+from .data.store import atomic_path, give_usual_mode, write_json_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -36,9 +36,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         torch.save(state, tmp / "state.pt")
         if config is not None:
             write_json_atomic(tmp / "config.json", config)
-        for file in tmp.iterdir():  # mkdtemp and safetensors make owner-only modes: give the user's usual ones
-            os.chmod(file, 0o666 & ~_UMASK)
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        for path in (*tmp.iterdir(), tmp):  # mkdtemp and safetensors make owner-only modes
+            give_usual_mode(path)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

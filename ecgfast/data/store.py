@@ -39,6 +39,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def give_usual_mode(path: str | os.PathLike) -> None:
+    """chmod ``path`` to what the user's umask gives new files or folders: mkstemp, mkdtemp (and some writers,
+    such as safetensors) create owner-only ones, which a store or checkpoint shared with a group must not be."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
+
+
 class StoreError(RuntimeError):
     """A store that is missing, incomplete, corrupt or inconsistent. The message says which file and what."""
 
@@ -52,7 +58,7 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the store the user's usual mode
+        give_usual_mode(tmp)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
