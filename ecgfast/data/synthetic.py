@@ -1,202 +1,199 @@
-"""The embedded synthetic corpus: realistic 8-lead ECGs from a 3-D heart-dipole model, as a Reader.
+"""The embedded synthetic corpus: 12-lead ECGs that behave like real ones, as a Reader of 8 leads.
 
-The cardiac dipole (VCG, 3 x T) is a sum of P, Q, R, S and T waves, each a time bump (an asymmetric
-Gaussian, as in McSharry et al.'s ECGSYN) along its own 3-D direction (the 3-D extension of Sameni et al.
-2007), repeated beat by beat with RR intervals that carry respiratory sinus arrhythmia and noise. The Dower
-matrix (METHOD.md) projects it to the leads I, II, V1..V6. A patient is a latent state drawn once (heart
-orientation, amplitudes, widths, intervals, heart rate and two disease severities); each recording adds
-electrode jitter, a heart-rate change, baseline wander, powerline, muscle (EMG) and white noise.
+Patients (:func:`patient_state`) have an anatomy (heart orientation, torso lead field, non-dipolar local
+lead fields, body habitus), a conduction system (normal, RBBB, LBBB, left anterior fascicular block,
+nonspecific delay, first-degree AV block, pacemaker), a rhythm tendency (persistent or paroxysmal atrial
+fibrillation, flutter, PAC and PVC burden, bigeminy) and a heart (old infarct, hypertrophy, cardiomyopathy).
+A patient's ECGs are visits (:func:`visit_state`) spread over years: each has its own time, ejection
+fraction, potassium, rhythm, heart rate, heart axis (a few degrees of drift), electrode placement, ST
+state, noise and recording device. Beats come from :mod:`.synthetic_rhythm`, their shapes from
+:mod:`.synthetic_morphology`, noise from :mod:`.synthetic_noise`; :mod:`.realism` measures how real it
+looks (``python -m ecgfast.data.synthetic --compare ../shared/data/ecg/cinc2021``).
 
-Two patient-level tasks in the spirit of the paper's: ``low_ef`` (low QRS voltage, wide QRS, tachycardia)
-and ``hyperk`` (tall peaked T, flat P, wider QRS). Each label is a noisy threshold of a latent severity
-that also drives the morphology, so both are learnable from the ECG but neither is trivial.
+Labels (binary 0/1 on every record; prevalence and noise as measured by :func:`.synthetic_patient.label_stats`):
+
+- ``low_ef``: ejection fraction (echo, measured with SD 4 points) < 40 %, prevalence ~20 % of records.
+  The true EF changes slowly (a per-patient slope over years); its ECG signs are spread over many features:
+  LBBB, Q waves of an old infarct, wide QRS, low limb voltage, poor R progression, flat T, left atrial P,
+  faster rate, PVCs and AF. Echo noise flips ~4 % of labels against the true EF.
+- ``hyperk``: lab potassium > 5.0 mmol/L at the time of the ECG, prevalence ~13 % of records. Potassium
+  changes between visits (much more in kidney disease); the ECG follows the true value with a per-patient
+  sensitivity: peaked narrow T, short QT, flat wide P, long PR, and wide QRS above ~6. The lab value adds
+  SD 0.12 and 3 % haemolysed samples (+0.4 to 1.2): ~5 % of labels disagree with the true potassium.
+- ``af``: atrial fibrillation on this ECG, prevalence ~9 %; 2 % of labels are flipped (reading errors).
+  Flutter is labelled 0 (a confuser), as are sinus records with many premature beats.
+- ``lbbb``, ``rbbb``: the bundle-branch block of the patient, prevalence ~3 % and ~5 %, no label noise.
 
 Everything is a pure function of (seed, patient index, ECG index): any worker reads any record, in any
-order, and gets the same samples.
+order, and gets the same samples. :data:`SYNTHETIC_VERSION` changes whenever the samples do.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from functools import lru_cache
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-import scipy.signal as sps
 
+from . import synthetic_morphology as morph
+from . import synthetic_rhythm as rhythm
 from .readers.base import Reader, SourceItem
 from .record import ECGRecord
+from .synthetic_morphology import C, Morphology
+from .synthetic_noise import device_filter, electrode_noise
+from .synthetic_patient import LABELS, PatientState, VisitState, patient_state, visit_state
 
-#: Dower matrix (8, 3): rows I, II, V1..V6; columns X (left), Y (foot), Z (back). METHOD.md.
-DOWER = np.array([[0.632, -0.235, 0.059], [0.235, 1.066, -0.132], [-0.515, 0.157, -0.917],
-                  [0.044, 0.164, -1.387], [0.882, 0.098, -1.277], [1.213, 0.127, -0.601],
-                  [1.125, 0.127, -0.086], [0.831, 0.076, 0.230]])
+__all__ = ["LABELS", "SYNTHETIC_VERSION", "PatientState", "SyntheticReader", "VisitState", "patient_state",
+           "synthesize", "synthesize_12", "visit_state"]
 
-WAVES = ("P", "Q", "R", "S", "T")
-# Mean wave directions (X left, Y foot, Z back): septal Q anterior-rightward, main R left-inferior-slightly
-# posterior, terminal S posterior-superior, T concordant and anterior. Gives rS in V1, qR in V5/V6.
-_DIRECTION = np.array([[0.55, 0.80, -0.20], [-0.35, 0.15, -0.92], [0.76, 0.60, 0.26],
-                       [-0.45, -0.10, 0.88], [0.70, 0.55, -0.45]])
-_DIRECTION /= np.linalg.norm(_DIRECTION, axis=1, keepdims=True)
-_AMPLITUDE = np.array([0.19, 0.18, 1.45, 0.6, 0.30])  # dipole mV; R gives ~1.1 mV in lead II
-_OFFSET_QRS = np.array([-0.022, 0.0, 0.022])  # s, Q R S peaks around the R peak at width factor 1
-_SIGMA_LEFT = np.array([0.022, 0.008, 0.010, 0.010, 0.055])  # s, rising side of each bump
-_SIGMA_RIGHT = np.array([0.022, 0.008, 0.010, 0.012, 0.035])  # s, falling side (T falls faster)
-_LN2 = float(np.log(2.0))  # softplus(0): severity effects are centred on the median patient
+#: Version of the generator: part of any cache key of a synthetic store (bumped whenever samples change).
+SYNTHETIC_VERSION = 2
+_QRS = np.array([C[n] for n in ("q", "r_apex", "r", "s", "late")])
 
 
-@dataclass(frozen=True)
-class PatientState:
-    """Latent state of one synthetic patient, drawn once and shared by all of their ECGs."""
-
-    rotation: np.ndarray  # (3, 3) heart orientation: electrical axis and precordial transition
-    amplitude: np.ndarray  # (5,) dipole amplitude of P, Q, R, S, T in mV
-    qrs_width: float  # QRS width factor (1 ~ 90 ms)
-    t_sharpness: float  # T width divisor (>1: narrow, peaked T)
-    pr: float  # s, P-wave centre to R peak
-    qtc: float  # s, Bazett-corrected QT
-    heart_rate: float  # bpm at rest
-    low_ef_latent: float  # continuous severity, N(0, 1)
-    hyperk_latent: float  # continuous severity, N(0, 1)
-    low_ef: int  # noisy threshold of low_ef_latent
-    hyperk: int  # noisy threshold of hyperk_latent
-
-
-def _rotation(angles: np.ndarray) -> np.ndarray:
-    """Rz @ Ry @ Rx for angles (3,) in radians."""
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def patient_state(seed: int, patient: int) -> PatientState:
-    """The latent state of patient ``patient`` of the corpus with ``seed`` (deterministic)."""
-    rng = np.random.default_rng([seed, patient, 1])
-    ef, k = rng.standard_normal(2)
-    # Heart orientation: frontal axis spread ~20 deg (about Z), horizontal and sagittal ~10 deg.
-    rotation = _rotation(np.deg2rad(rng.normal(0.0, [10.0, 12.0, 20.0])))
-    habitus = np.exp(rng.normal(0.0, 0.2))  # torso size / conductivity scales every wave alike
-    amplitude = _AMPLITUDE * habitus * np.exp(rng.normal(0.0, [0.25, 0.4, 0.15, 0.3, 0.25]))
-    sp_ef, sp_k = np.logaddexp(0.0, ef), np.logaddexp(0.0, k)  # softplus: effects grow with severity
-    amplitude[1:4] *= np.exp(-0.22 * ef - 0.12 * sp_ef)  # low EF: low QRS voltage
-    amplitude[4] *= np.exp(0.22 * k + 0.18 * sp_k)  # hyperkalemia: tall T
-    amplitude[0] *= np.exp(-0.2 * k - 0.15 * sp_k)  # ... and flat P
-    qrs_width = float(np.exp(rng.normal(0.0, 0.07)) * (1.0 + 0.08 * (sp_ef - _LN2) + 0.05 * (sp_k - _LN2)))
-    heart_rate = float(np.clip(rng.normal(68.0, 9.0) + 6.0 * ef, 42.0, 130.0))
-    return PatientState(
-        rotation=rotation, amplitude=amplitude, qrs_width=qrs_width,
-        t_sharpness=float(np.exp(rng.normal(0.0, 0.08) + 0.12 * sp_k)),
-        pr=float(np.clip(rng.normal(0.155, 0.018), 0.11, 0.22)), qtc=float(rng.normal(0.41, 0.02) - 0.01 * k),
-        heart_rate=heart_rate, low_ef_latent=float(ef), hyperk_latent=float(k),
-        low_ef=int(ef + rng.normal(0.0, 0.6) > 0.8), hyperk=int(k + rng.normal(0.0, 0.8) > 0.95))
-
-
-def _beat_times(rng: np.random.Generator, heart_rate: float, seconds: float) -> np.ndarray:
-    """R-peak times (B,) in s covering [-1, seconds + 1]: RR with respiratory sinus arrhythmia and jitter."""
-    rr_mean = 60.0 / heart_rate
-    n = int(np.ceil((seconds + 2.0) / (0.8 * rr_mean))) + 2
-    f_resp, phase = rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi)
-    rsa = rng.uniform(0.01, 0.05)  # fractional RR modulation by breathing
-    b = np.arange(n)
-    rr = rr_mean * (1.0 + rsa * np.sin(2 * np.pi * f_resp * b * rr_mean + phase) + rng.normal(0.0, 0.015, n))
-    t = -1.0 + rng.uniform(0, rr_mean) + np.concatenate([[0.0], np.cumsum(rr[:-1])])
-    return t[t < seconds + 1.0]
+def _visit_morphology(state: PatientState, visit: VisitState, rng: np.random.Generator) -> tuple[Morphology, float]:
+    """This visit's components (EF, potassium and ST applied; axis drift; electrodes moved) and its PR (s)."""
+    shape = state.shape.copy()
+    dirs = state.dirs.copy()
+    shape[0] *= np.exp(rng.normal(0.0, 0.05, morph.K))
+    # A failing ventricle: slower, lower QRS, poor R progression, flat T, a strained left atrium.
+    c = float(np.clip((55.0 - visit.ef) / 25.0, 0.0, 1.6))
+    shape[0, _QRS] *= np.exp(-0.15 * c)
+    shape[1:, _QRS] *= 1.0 + 0.06 * c
+    shape[0, C["r_apex"]] *= np.exp(-0.5 * c)
+    shape[0, [C["t"], C["t2"]]] *= np.exp(-0.35 * c)
+    shape[0, C["p_la"]] *= 1.0 + 0.5 * c
+    shape[3, C["p_la"]] *= 1.0 + 0.2 * c
+    # Potassium: hyper (peaked narrow T, flat wide P, long PR, wide QRS above 6), hypo (flat T, big U).
+    dk = visit.potassium - 4.4
+    hi, p_hi = max(dk, 0.0) * state.k_sensitivity, max(dk - 0.5, 0.0) * state.k_sensitivity
+    lo = max(-dk - 0.5, 0.0)
+    t = [C["t"], C["t2"]]
+    shape[0, t] *= np.exp(0.35 * hi - 0.6 * lo)
+    shape[2, t] *= np.exp(-0.22 * hi)
+    shape[3, t] *= np.exp(-0.12 * hi)
+    shape[0, C["u"]] *= np.exp(1.0 * lo)
+    shape[0, morph.SINUS_P] *= np.exp(-0.45 * p_hi)
+    shape[2:, morph.SINUS_P] *= 1.0 + 0.12 * p_hi
+    shape[1:, _QRS] *= 1.0 + 0.08 * max(visit.potassium - 6.0, 0.0) * state.k_sensitivity
+    # Repolarisation offsets at RR = 1 s (each beat shifts them with its own RR).
+    qt = state.qtc - 0.012 * dk * state.k_sensitivity
+    t_peak = qt - 0.045 * (1.0 + 0.06 * c) - 2.5 * shape[3, C["t"]]
+    shape[1, C["t"]], shape[1, C["t2"]] = t_peak, t_peak + 0.045
+    shape[1, C["u"]] = t_peak + 2.5 * shape[3, C["t"]] + 0.09
+    if visit.st != "none":
+        if visit.st == "elevation":
+            d = [(-0.1, 0.2, -0.97), (0.1, 0.95, -0.25), (0.9, 0.1, -0.2)][int(rng.integers(3))]
+            amp = rng.uniform(0.12, 0.35)
+        else:
+            d, amp = (-0.6, -0.6, 0.4), rng.uniform(0.06, 0.18)
+        dirs[C["st"]] = morph.unit(np.asarray(d) + rng.normal(0.0, 0.1, 3))
+        shape[:, C["st"]] = (amp, 0.045 * (1.0 + 0.06 * c) + 0.05, 0.02, 0.09)
+    # Heart axis drifts a few degrees between visits; electrodes land a little elsewhere each time.
+    rot = morph.rotation(np.deg2rad(rng.normal(0.0, 3.0, 3))) @ state.rotation
+    field = state.field.copy()
+    nxt = np.vstack([field[4:], 2 * field[8] - field[7]])  # the next precordial position (V6: beyond)
+    field[3:] += rng.normal(0.0, 0.2, (6, 1)) * (nxt - field[3:])
+    field += rng.normal(0.0, 0.03, field.shape) * np.linalg.norm(field, axis=1, keepdims=True)
+    local = state.local * np.exp(rng.normal(0.0, 0.1, (1, 9, 1)))
+    pr = state.pr + 0.02 * p_hi
+    return Morphology(dirs=dirs @ rot.T, amp=shape[0], offset=shape[1], sig_l=shape[2], sig_r=shape[3],
+                      field=field, local=local), pr
 
 
-def _bumps(fs: float, n: int, center: np.ndarray, sigma_l: np.ndarray, sigma_r: np.ndarray,
-           amp: np.ndarray) -> np.ndarray:
-    """Sum of asymmetric Gaussian bumps per wave: (W, n) from (W, B) centres (s), widths (s), amplitudes.
+def _events(comps: np.ndarray, times: np.ndarray, m: Morphology, amp_mod: np.ndarray,
+            rr: np.ndarray | None = None, qtc: float = 0.4) -> tuple[np.ndarray, ...]:
+    """Flattened bump arrays (comp, centre, sig_l, sig_r, amp) of components ``comps`` (C,) at beats (B,).
 
-    Each bump is evaluated on a window of +-5 sigma samples around its centre and scatter-added.
+    With ``rr`` (B,), repolarisation components move with the QT of each beat (Fridericia) and widen with RR.
     """
-    w, b = center.shape
-    half = int(np.ceil(5.0 * max(sigma_l.max(), sigma_r.max()) * fs))
-    k = np.arange(-half, half + 1)
-    idx = np.rint(center * fs).astype(np.int64)[..., None] + k  # (W, B, K)
-    dt = idx / fs - center[..., None]
-    sig = np.where(dt < 0, sigma_l[..., None], sigma_r[..., None])
-    val = amp[..., None] * np.exp(-0.5 * (dt / sig) ** 2)
-    keep = (idx >= 0) & (idx < n)
-    flat = (idx + (np.arange(w) * n)[:, None, None])[keep]
-    return np.bincount(flat, weights=val[keep], minlength=w * n).reshape(w, n)
+    c, b = len(comps), len(times)
+    centre = times[None] + m.offset[comps][:, None]  # (C, B)
+    sig_l = np.broadcast_to(m.sig_l[comps][:, None], (c, b)).copy()
+    sig_r = np.broadcast_to(m.sig_r[comps][:, None], (c, b)).copy()
+    if rr is not None:
+        rr = np.clip(rr, 0.3, 1.8)
+        rep = np.isin(comps, morph.REPOLARISATION)
+        centre[rep] += qtc * (np.cbrt(rr) - 1.0)
+        stretch = rr ** 0.2
+        sig_l[rep] *= stretch
+        sig_r[rep] *= stretch
+    amp = m.amp[comps][:, None] * amp_mod[None]
+    keep = np.abs(amp) > 1e-9
+    return (np.broadcast_to(comps[:, None], (c, b))[keep], centre[keep], sig_l[keep], sig_r[keep], amp[keep])
 
 
-@lru_cache(maxsize=8)
-def _emg_sos(fs: float) -> np.ndarray:
-    return sps.butter(2, [20.0, min(150.0, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
+def synthesize_12(state: PatientState, visit: VisitState, rng: np.random.Generator, fs: float = 500.0,
+                  seconds: float = 10.0, noise: bool = True) -> tuple[np.ndarray, dict[str, object]]:
+    """One recording: ((12, T) float32 mV in :data:`~.synthetic_morphology.LEADS12` order, meta).
 
-
-def _noise(rng: np.random.Generator, fs: float, n: int) -> tuple[np.ndarray, float]:
-    """(8, n) mV of baseline wander, powerline, EMG and white noise; and the powerline frequency.
-
-    Few sine evaluations (sources mixed into leads), float32 draws: the noise must cost about a millisecond.
-    """
-    t = np.arange(n, dtype=np.float32) / np.float32(fs)
-    # Wander: 4 slow sources (breathing, electrode motion) mixed into the leads, ~0.05-0.3 mV.
-    f = rng.uniform(0.05, 0.6, (4, 1)).astype(np.float32)
-    src = np.sin(np.float32(2 * np.pi) * f * t + rng.uniform(0, 7, (4, 1)).astype(np.float32))  # (4, n)
-    mix = rng.normal(0.0, 1.0, (8, 4)) * rng.lognormal(np.log(0.05), 0.5, (8, 1))
-    # Powerline: one frequency, a gain and phase per lead: a sin + b cos.
-    line_hz = float(rng.choice([50.0, 60.0]))
-    wt = np.float32(2 * np.pi * line_hz) * t
-    gain = rng.lognormal(np.log(0.006), 0.8, (8, 1)) * (4.0 if rng.random() < 0.2 else 1.0)
-    phase = rng.uniform(0, 2 * np.pi, (8, 1))
-    src = np.concatenate([src, np.sin(wt)[None], np.cos(wt)[None]])  # (6, n)
-    mix = np.concatenate([mix, gain * np.cos(phase), gain * np.sin(phase)], axis=1)  # (8, 6)
-    # EMG: 20-150 Hz noise whose level follows slow muscle tension; white: amplifier noise.
-    # Uniform draws are twice as fast as normal ones, and the band-pass makes them Gaussian anyway.
-    emg_src = (rng.random((8, n), dtype=np.float32) - np.float32(0.5)) * np.float32(np.sqrt(12.0))
-    burst = np.exp(np.float32(0.8) * np.sin(np.float32(2 * np.pi * rng.uniform(0.05, 0.4)) * t + rng.uniform(0, 7)))
-    emg = sps.sosfilt(_emg_sos(fs), emg_src) * (rng.lognormal(np.log(0.012), 0.6) * burst)
-    white = rng.standard_normal((8, n), dtype=np.float32) * np.float32(rng.uniform(0.003, 0.012))
-    return mix.astype(np.float32) @ src + emg + white, line_hz
-
-
-def synthesize(state: PatientState, rng: np.random.Generator, fs: float = 500.0, seconds: float = 10.0,
-               noise: bool = True) -> tuple[np.ndarray, dict[str, object]]:
-    """One recording of a patient: ((8, T) float32 mV in I, II, V1..V6 order, meta with JSON-able values).
-
-    ``noise=False`` returns the pure dipole projection (rank 3 across leads), for tests and plots.
+    ``noise=False`` leaves out noise and the device filter (the heart's signal alone, for tests and plots).
     """
     n = int(round(fs * seconds))
-    hr = float(np.clip(state.heart_rate * np.exp(rng.normal(0.0, 0.06)), 40.0, 140.0))  # this visit's rate
-    beats = _beat_times(rng, hr, seconds)  # (B,)
-    rr = np.diff(beats, prepend=beats[0] - 60.0 / hr)  # preceding RR of each beat
-    w = state.qrs_width
-    # QT adapts to the preceding RR (Bazett); T peak ~2.6 falling sigmas before T end.
-    qt = state.qtc * np.sqrt(rr)
-    t_sig_r = _SIGMA_RIGHT[4] * rr ** 0.3 / state.t_sharpness
-    t_peak = -0.045 * w + qt - 2.6 * t_sig_r
-    offsets = np.stack([np.full_like(rr, -state.pr), *(np.full_like(rr, o * w) for o in _OFFSET_QRS), t_peak])
-    scale = np.array([1.0, w, w, w, 1.0])[:, None]  # QRS widens as a whole
-    sig_l = np.broadcast_to(_SIGMA_LEFT[:, None] * scale, offsets.shape).copy()
-    sig_r = np.broadcast_to(_SIGMA_RIGHT[:, None] * scale, offsets.shape).copy()
-    sig_l[4], sig_r[4] = _SIGMA_LEFT[4] * rr ** 0.3 / state.t_sharpness ** 1.5, t_sig_r
-    # Per-beat amplitude: breathing moves the heart (~5 %) plus beat-to-beat scatter.
-    beat_amp = 1.0 + 0.04 * np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * beats + rng.uniform(0, 7))
-    visit_amp = state.amplitude[:, None] * np.exp(rng.normal(0.0, 0.05, (5, 1)))  # (5, 1)
-    amp = visit_amp * beat_amp * rng.normal(1.0, 0.02, beats.shape)  # (5, B)
-    waves = _bumps(fs, n, beats + offsets, sig_l, sig_r, amp)  # (5, n)
-    # Directions: the patient's heart orientation plus a small per-wave, per-visit wobble.
-    dirs = (state.rotation @ (_DIRECTION + rng.normal(0.0, 0.04, _DIRECTION.shape)).T)  # (3, 5)
-    dower = DOWER * np.exp(rng.normal(0.0, 0.05, DOWER.shape)) + rng.normal(0.0, 0.03, DOWER.shape)  # electrodes
-    signal = (dower @ dirs) @ waves  # (8, 5) @ (5, n)
-    line_hz = None
+    m, pr = _visit_morphology(state, visit, rng)
+    c = float(np.clip((55.0 - visit.ef) / 25.0, 0.0, 1.6))
+    resp_hz = rng.uniform(0.15, 0.35)
+    hr = float(np.clip(state.heart_rate * np.exp(rng.normal(0.0, 0.1)) + 10.0 * c, 38.0, 170.0))
+    spec = rhythm.RhythmSpec(
+        rhythm=visit.rhythm, rr=60.0 / (state.af_rate * np.exp(rng.normal(0.0, 0.1)) if visit.rhythm == "af" else hr),
+        pr=pr, hrv=state.hrv, resp_hz=resp_hz, pvc_prob=state.pvc_prob, pac_prob=state.pac_prob,
+        bigeminy=state.bigeminy, paced=state.paced, af_sigma=rng.uniform(0.15, 0.3),
+        flutter_cycle=state.flutter_cycle, flutter_block=state.flutter_block)
+    f_start = rng.uniform(-2.0, -1.5)
+    if visit.rhythm == "af":
+        beats = rhythm.af_beats(rng, spec, seconds)
+    elif visit.rhythm == "flutter":
+        beats = rhythm.flutter_beats(rng, spec, seconds, f_start)
+    else:
+        beats = rhythm.sinus_beats(rng, spec, seconds)
+    # Breathing: ~5 % amplitude and a ~2 degree swing of the heart, plus beat-to-beat scatter.
+    resp_phase = rng.uniform(0, 2 * np.pi)
+    parts = []
+    if len(beats.p):
+        mod = (1.0 + 0.05 * np.sin(2 * np.pi * resp_hz * beats.p + resp_phase)) * rng.normal(1.0, 0.03, len(beats.p))
+        for comps, sel in ((morph.SINUS_P, ~beats.p_ectopic), (morph.ECTOPIC_P, beats.p_ectopic)):
+            parts.append(_events(comps, beats.p[sel], m, mod[sel]))
+    mod = (1.0 + 0.05 * np.sin(2 * np.pi * resp_hz * beats.r + resp_phase)) * rng.normal(1.0, 0.03, len(beats.r))
+    for kind, comps in ((rhythm.CONDUCTED, morph.CONDUCTED), (rhythm.PVC, morph.PVC), (rhythm.PACED, morph.PACED)):
+        sel = beats.kind == kind
+        if sel.any():
+            parts.append(_events(comps, beats.r[sel], m, mod[sel], beats.rr[sel], state.qtc))
+    comp, centre, sig_l, sig_r, amp = (np.concatenate(a) for a in zip(*parts, strict=True))
+    waves = morph.render(fs, n, comp.astype(np.int64), centre, sig_l, sig_r, amp)  # (K, n) float32
+    atrial_mv = min(0.12, rng.lognormal(np.log(0.04), 0.4)) if visit.rhythm == "af" else rng.uniform(0.1, 0.25)
+    waves[-2:] = rhythm.atrial_sources(rng, spec, fs, n, atrial_mv, f_start)
+    axis = morph.unit(np.array([0.3, 0.2, 1.0]) + rng.normal(0.0, 0.3, 3))
+    g, dg = m.gains(axis)  # (9, K) each
+    theta = np.float32(0.04) * np.sin(np.float32(2 * np.pi * resp_hz) * np.arange(n, dtype=np.float32) / np.float32(fs)
+                                      + np.float32(resp_phase))
+    electrodes = morph.mix(g, waves) + theta * morph.mix(dg, waves)  # (9, n)
+    meta: dict[str, object] = {}
     if noise:
-        extra, line_hz = _noise(rng, fs, n)
-        signal += extra
-    inside = (beats >= 0) & (beats < seconds)
-    meta: dict[str, object] = {
-        "heart_rate": float(60.0 / np.mean(np.diff(beats[inside]))) if inside.sum() > 1 else hr,
-        "qrs_ms": float(1000 * w * (_OFFSET_QRS[2] - _OFFSET_QRS[0] + 2.5 * (_SIGMA_RIGHT[3] + _SIGMA_LEFT[1]))),
-        "qt_ms": float(1000 * state.qtc * np.sqrt(60.0 / hr)),
-        "low_ef_latent": state.low_ef_latent, "hyperk_latent": state.hyperk_latent,
-        "powerline_hz": line_hz,
-    }
-    return signal.astype(np.float32), meta
+        extra, meta = electrode_noise(rng, fs, n, resp_hz, state.noise_level * rng.lognormal(0.0, 0.3))
+        electrodes, meta["device"] = device_filter(rng, electrodes + extra, fs, float(meta["powerline_hz"]))
+    reversal = bool(rng.random() < 0.01)
+    if reversal:  # left and right arm electrodes swapped: lead I inverted, II and III exchanged
+        electrodes = electrodes[[1, 0, *range(2, 9)]]
+    leads = morph.mix(morph.LEAD_MATRIX, electrodes)  # (12, n)
+    inside = beats.r[(beats.r >= 0) & (beats.r < seconds)]
+    meta.update({
+        "heart_rate": float(60.0 / np.mean(np.diff(inside))) if len(inside) > 1 else hr,
+        "rhythm": visit.rhythm, "conduction": state.conduction, "infarct": state.infarct, "lvh": state.lvh,
+        "paced": state.paced, "st": visit.st, "limb_reversal": reversal,
+        "pvc_beats": int(((beats.kind == rhythm.PVC) & (beats.r >= 0) & (beats.r < seconds)).sum()),
+        "pac_beats": int((beats.p_ectopic & (beats.p >= 0) & (beats.p < seconds)).sum()) if len(beats.p) else 0,
+        "pr_ms": float(1000 * pr), "qtc_ms": float(1000 * state.qtc), "ef": visit.ef, "ef_echo": visit.ef_echo,
+        "potassium": visit.potassium, "potassium_lab": visit.potassium_lab, "years": visit.years,
+    })
+    return leads, meta
+
+
+def synthesize(state: PatientState, visit: VisitState, rng: np.random.Generator, fs: float = 500.0,
+               seconds: float = 10.0, noise: bool = True) -> tuple[np.ndarray, dict[str, object]]:
+    """One recording in ecgfast's lead order: ((8, T) float32 mV of I, II, V1..V6, meta)."""
+    leads, meta = synthesize_12(state, visit, rng, fs, seconds, noise)
+    return np.ascontiguousarray(leads[morph.SELECT8]), meta
 
 
 class SyntheticReader(Reader):
@@ -208,7 +205,7 @@ class SyntheticReader(Reader):
         seed: corpus seed (>= 0); the whole corpus is a pure function of it and the other arguments.
         fs: sampling rate in Hz.
         seconds: record length in s.
-        noise: add baseline wander, powerline, EMG and white noise (False: noise-free dipole projections).
+        noise: add noise and the device filter (False: the heart's signal alone).
 
     Example:
         >>> reader = SyntheticReader(n_patients=3, ecgs_per_patient=(1, 4), seed=0)
@@ -236,24 +233,56 @@ class SyntheticReader(Reader):
     def items(self) -> Iterator[SourceItem]:
         for p in range(self.n_patients):
             state = patient_state(self.seed, p)
-            labels = {"low_ef": state.low_ef, "hyperk": state.hyperk}
             for e in range(self.n_ecgs(p)):
                 yield SourceItem(record_id=f"syn-p{p:06d}-e{e}", locator=f"{p}:{e}", patient_id=f"syn-p{p:06d}",
-                                 labels=dict(labels))
+                                 labels=dict(visit_state(state, self.seed, p, e).labels))
 
-    def read(self, item: SourceItem) -> ECGRecord:
+    def read_12(self, item: SourceItem) -> tuple[np.ndarray, dict[str, int], dict[str, object]]:
+        """The record of ``item`` as 12 leads before lead selection: ((12, T) float32 mV, labels, meta)."""
         p, e = (int(v) for v in item.locator.split(":"))
         if not (0 <= p < self.n_patients and 0 <= e < self.n_ecgs(p)):
             raise ValueError(f"record {item.record_id}: locator {item.locator} is outside this synthetic corpus")
         state = patient_state(self.seed, p)
-        signal, meta = synthesize(state, np.random.default_rng([self.seed, p, 2, e]), self.fs, self.seconds,
-                                  self.noise)
-        meta.update(patient_index=p, ecg_index=e, synthetic_seed=self.seed)
-        return ECGRecord(record_id=f"syn-p{p:06d}-e{e}", patient_id=f"syn-p{p:06d}", signal=signal, fs=self.fs,
-                         source=f"synthetic:{self.seed}:{p}:{e}",
-                         labels={"low_ef": state.low_ef, "hyperk": state.hyperk}, meta=meta)
+        visit = visit_state(state, self.seed, p, e)
+        leads, meta = synthesize_12(state, visit, np.random.default_rng([self.seed, p, 3, e]), self.fs,
+                                    self.seconds, self.noise)
+        meta.update(patient_index=p, ecg_index=e, synthetic_seed=self.seed, synthetic_version=SYNTHETIC_VERSION)
+        return leads, dict(visit.labels), meta
+
+    def read(self, item: SourceItem) -> ECGRecord:
+        leads, labels, meta = self.read_12(item)
+        p, e = meta["patient_index"], meta["ecg_index"]
+        return ECGRecord(record_id=f"syn-p{p:06d}-e{e}", patient_id=f"syn-p{p:06d}",
+                         signal=np.ascontiguousarray(leads[morph.SELECT8]), fs=self.fs,
+                         source=f"synthetic:{self.seed}:{p}:{e}", labels=labels, meta=meta)
 
     def describe(self) -> str:
         lo, hi = self.ecgs_per_patient
-        return (f"synthetic (patients={self.n_patients}, ecgs={lo}-{hi}, seed={self.seed}, fs={self.fs:g}, "
-                f"seconds={self.seconds:g}, noise={self.noise})")
+        return (f"synthetic v{SYNTHETIC_VERSION} (patients={self.n_patients}, ecgs={lo}-{hi}, seed={self.seed}, "
+                f"fs={self.fs:g}, seconds={self.seconds:g}, noise={self.noise})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ecgfast.data.synthetic --compare FOLDER``: the realism report (table and PNG)."""
+    p = argparse.ArgumentParser(prog="python -m ecgfast.data.synthetic",
+                                description="Compare the synthetic corpus with a folder of real WFDB records: "
+                                            "a median [IQR] table per statistic and a PNG of 10 + 10 ECGs.")
+    p.add_argument("--compare", required=True, metavar="FOLDER", help="folder of real WFDB records (any depth)")
+    p.add_argument("--patients", type=int, default=200, help="synthetic patients (default 200)")
+    p.add_argument("--seed", type=int, default=42, help="synthetic corpus seed (default 42)")
+    p.add_argument("--png", default="synthetic-realism.png", help="where to write the plot")
+    p.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
+    args = p.parse_args(argv)
+    from .realism import compare
+
+    reader = SyntheticReader(n_patients=args.patients, seed=args.seed)
+    table = compare(reader, args.compare, png=args.png, seed=args.seed)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
