@@ -57,15 +57,16 @@ ECGFAST_HOST_DEVICE float philox_randn(uint64_t seed, uint64_t counter) {
 
 // The op's small tensors, checked and made float32/int64 contiguous on x's device; gain/base null for float x.
 struct Prepared {
-  at::Tensor matrices, starts, gain, base;
+  at::Tensor matrices, starts, windows, gain, base;
   const float* gain_ptr = nullptr;
   const float* base_ptr = nullptr;
-  int64_t n_views = 0, batch = 0, n = 0;
+  int64_t n_views = 0, batch = 0, n = 0, length = 0;  // n: input samples T; length: output samples per view L
 };
 
 inline Prepared check_and_prepare(const at::Tensor& x, const std::optional<at::Tensor>& gain,
                                   const std::optional<at::Tensor>& baseline, const at::Tensor& matrices,
-                                  const at::Tensor& mask_starts, int64_t mask_length, at::ScalarType out_dtype) {
+                                  const at::Tensor& mask_starts, const at::Tensor& windows, int64_t length,
+                                  int64_t mask_length, at::ScalarType out_dtype) {
   TORCH_CHECK(x.dim() == 3 && x.size(1) == kLeads && x.size(0) >= 1 && x.size(2) >= 1,
               "vcg_augment: x must be (B, 8, T) with B, T >= 1, got ", x.sizes());
   Prepared p;
@@ -78,12 +79,17 @@ inline Prepared check_and_prepare(const at::Tensor& x, const std::optional<at::T
   TORCH_CHECK(mask_starts.dim() == 3 && mask_starts.size(0) == p.n_views && mask_starts.size(1) == p.batch &&
                   mask_starts.size(2) == kLeads,
               "vcg_augment: mask_starts must be (V, B, 8), got ", mask_starts.sizes());
-  TORCH_CHECK(mask_length >= 0 && mask_length <= p.n, "vcg_augment: mask_length must be in [0, T], got ",
+  TORCH_CHECK(length >= 1 && length <= p.n, "vcg_augment: length must be in [1, T], got ", length);
+  p.length = length;
+  TORCH_CHECK(windows.dim() == 2 && windows.size(0) == p.n_views && windows.size(1) == p.batch,
+              "vcg_augment: windows must be (V, B), got ", windows.sizes());
+  TORCH_CHECK(mask_length >= 0 && mask_length <= length, "vcg_augment: mask_length must be in [0, L], got ",
               mask_length);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "vcg_augment: out_dtype must be float32 or "
               "bfloat16, got ", out_dtype);
   p.matrices = matrices.to(x.device(), at::kFloat).contiguous();
   p.starts = mask_starts.to(x.device(), at::kLong).contiguous();
+  p.windows = windows.to(x.device(), at::kLong).contiguous();  // samples outside [0, T) read as 0 in the kernels
   if (x.scalar_type() == at::kShort) {
     TORCH_CHECK(gain.has_value() && baseline.has_value(), "vcg_augment: int16 x needs gain and baseline");
     p.gain = gain->to(x.device(), at::kFloat).contiguous();

@@ -1,16 +1,19 @@
 """Triton kernel of the fused VCG augmentation (METHOD.md "Spatial (VCG) augmentation" and "ZeroMask").
 
-One program per (ECG b, block of BLOCK_T samples): it reads the 8 x BLOCK_T input tile once (int16 decoded
-with the record's gain and baseline, or float in mV), and for each of the 1 or 2 views computes the 8x8
-matvec ``y = M[v, b] @ x`` in float32 registers, adds Gaussian noise (Philox, ``tl.randn``), applies the
-circular ZeroMask block of each lead and stores the (8, BLOCK_T) tile in the output dtype.
+One program per (ECG b, block of BLOCK_T output samples): for each of the 1 or 2 views it reads the 8 x BLOCK_T
+input tile at the view's window (int16 decoded with the record's gain and baseline, or float in mV), computes
+the 8x8 matvec ``y = M[v, b] @ x`` in float32 registers, adds Gaussian noise (Philox, ``tl.randn``), applies
+the circular ZeroMask block of each lead and stores the (8, BLOCK_T) tile in the output dtype. When both views
+share a window (``SHARED_WINDOW``) the tile is read once for both.
 
 Layout contract (the host launcher in ``ecgfast.ops.vcg_augment`` checks it):
 - ``x``: (B, 8, T) with any strides (in elements), int16 / float16 / bfloat16 / float32;
 - ``gain``, ``baseline``: (B,) float32, read only when ``IS_INT``;
-- ``m``: (V, B, 8, 8) float32 contiguous; ``starts``: (V, B, 8) int64 contiguous, already in [0, T);
-- ``out``: (V, B, 8, T) contiguous, float32, or int16 holding bfloat16 bits (``OUT_BF16``).
-Noise counter of output element (v, b, l, t): ``((v * B + b) * 8 + l) * T + t`` (int64), so every backend
+- ``m``: (V, B, 8, 8) float32 contiguous; ``starts``: (V, B, 8) int64 contiguous, already in [0, L);
+- ``windows``: (V, B) int64 contiguous, view v of ECG b reads x[b, :, windows[v, b] + t] for t in [0, L);
+  samples outside [0, T) read as 0, so a bad window can never read out of bounds;
+- ``out``: (V, B, 8, L) contiguous, float32, or int16 holding bfloat16 bits (``OUT_BF16``).
+Noise counter of output element (v, b, l, t): ``((v * B + b) * 8 + l) * L + t`` (int64), so every backend
 that runs the same Philox4x32-10 + Box-Muller draws the same noise.
 
 Only ``@triton.jit`` functions and launch-size helpers live here: no autograd, no ecgfast imports.
@@ -38,16 +41,16 @@ def _round_to_bf16_bits(y):
 
 
 @triton.jit
-def _finish_view(acc, v, b, t, t_ok, leads, B, T, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
+def _finish_view(acc, v, b, t, t_ok, leads, B, L, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
                  HAS_NOISE: tl.constexpr, OUT_BF16: tl.constexpr):
     """Noise, ZeroMask and store of one view's (8, BLOCK_T) float32 tile ``acc`` (``out_ptr`` int16 if OUT_BF16)."""
     row = (v * B + b) * 8 + leads  # (8,) int64: output row of each lead
-    idx = row[:, None] * T + t[None, :]  # (8, BLOCK_T) int64: flat output index = noise counter
+    idx = row[:, None] * L + t[None, :]  # (8, BLOCK_T) int64: flat output index = noise counter
     if HAS_NOISE:
         acc += noise_std * tl.randn(noise_seed, idx)
-    start = tl.load(starts_ptr + row)  # (8,) int64 in [0, T)
-    off = t[None, :] - start[:, None]  # samples after the block start, mod T
-    off = tl.where(off < 0, off + T, off)
+    start = tl.load(starts_ptr + row)  # (8,) int64 in [0, L)
+    off = t[None, :] - start[:, None]  # samples after the block start, mod L
+    off = tl.where(off < 0, off + L, off)
     acc = tl.where(off < mask_length, 0.0, acc)  # exact zeros, even where acc is NaN
     if OUT_BF16:
         tl.store(out_ptr + idx, _round_to_bf16_bits(acc), mask=t_ok[None, :])
@@ -56,35 +59,52 @@ def _finish_view(acc, v, b, t, t_ok, leads, B, T, starts_ptr, out_ptr, mask_leng
 
 
 @triton.jit
+def _load_decoded(x_ptr, b, k, w, t, t_ok, T, stride_xb, stride_xl, stride_xt, gain, base, IS_INT: tl.constexpr):
+    """Lead k of ECG b at samples w + t -> (BLOCK_T,) float32 mV; outside [0, T) or past the view: 0."""
+    pos = w + t
+    ok = t_ok & (pos >= 0) & (pos < T)
+    xk = tl.load(x_ptr + b * stride_xb + k * stride_xl + pos * stride_xt, mask=ok, other=0).to(tl.float32)
+    if IS_INT:
+        xk = tl.where(ok, (xk - base) / gain, 0.0)  # adc units -> mV, as ECGStore.read_mv
+    return xk
+
+
+@triton.jit
 def _vcg_augment_fwd_kernel(
-    x_ptr, gain_ptr, baseline_ptr, m_ptr, starts_ptr, out_ptr,
-    B, T, stride_xb, stride_xl, stride_xt,
+    x_ptr, gain_ptr, baseline_ptr, m_ptr, starts_ptr, windows_ptr, out_ptr,
+    B, T, L, stride_xb, stride_xl, stride_xt,
     mask_length, noise_std, noise_seed,
-    N_VIEWS: tl.constexpr, IS_INT: tl.constexpr, HAS_NOISE: tl.constexpr, OUT_BF16: tl.constexpr,
-    BLOCK_T: tl.constexpr,
+    N_VIEWS: tl.constexpr, SHARED_WINDOW: tl.constexpr, IS_INT: tl.constexpr, HAS_NOISE: tl.constexpr,
+    OUT_BF16: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BLOCK_T,) int64
-    t_ok = t < T
+    t = tl.program_id(1).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)  # (BLOCK_T,) int64, output samples
+    t_ok = t < L
     leads = tl.arange(0, 8).to(tl.int64)
+    gain = 1.0
+    base = 0.0
     if IS_INT:
         gain = tl.load(gain_ptr + b)
         base = tl.load(baseline_ptr + b)
+    w0 = tl.load(windows_ptr + b)
     acc0 = tl.zeros((8, BLOCK_T), dtype=tl.float32)
     acc1 = tl.zeros((8, BLOCK_T), dtype=tl.float32)
     m0 = m_ptr + b * 64 + leads * 8  # row starts of M[0, b]
     m1 = m_ptr + (B + b) * 64 + leads * 8  # row starts of M[1, b]
-    for k in tl.static_range(8):  # input lead k, read once for both views
-        xk = tl.load(x_ptr + b * stride_xb + k * stride_xl + t * stride_xt, mask=t_ok, other=0).to(tl.float32)
-        if IS_INT:
-            xk = (xk - base) / gain  # adc units -> mV, as ECGStore.read_mv
+    for k in tl.static_range(8):  # input lead k of view 0's window (and view 1's when they share it)
+        xk = _load_decoded(x_ptr, b, k, w0, t, t_ok, T, stride_xb, stride_xl, stride_xt, gain, base, IS_INT)
         acc0 += tl.load(m0 + k)[:, None] * xk[None, :]  # column k of M[0, b] times lead k
-        if N_VIEWS == 2:
+        if N_VIEWS == 2 and SHARED_WINDOW:
             acc1 += tl.load(m1 + k)[:, None] * xk[None, :]
-    _finish_view(acc0, 0, b, t, t_ok, leads, B, T, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
+    if N_VIEWS == 2 and not SHARED_WINDOW:  # view 1 has its own window (e.g. the other half of the record)
+        w1 = tl.load(windows_ptr + B + b)
+        for k in tl.static_range(8):
+            xk = _load_decoded(x_ptr, b, k, w1, t, t_ok, T, stride_xb, stride_xl, stride_xt, gain, base, IS_INT)
+            acc1 += tl.load(m1 + k)[:, None] * xk[None, :]
+    _finish_view(acc0, 0, b, t, t_ok, leads, B, L, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
                  HAS_NOISE, OUT_BF16)
     if N_VIEWS == 2:
-        _finish_view(acc1, 1, b, t, t_ok, leads, B, T, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
+        _finish_view(acc1, 1, b, t, t_ok, leads, B, L, starts_ptr, out_ptr, mask_length, noise_std, noise_seed,
                      HAS_NOISE, OUT_BF16)
 
 

@@ -1,10 +1,23 @@
-"""ecgfast's fused ops, one module per op: autograd Function, torch.library registration, backend choice.
+"""ecgfast's fused ops, one module per op: launcher, ``torch.library`` custom op, autograd and one functional.
 
-Each op is usable as a function (here) and as a module (:mod:`ecgfast.nn`). Backends: Triton kernels
+Each op is usable as a function (here) and as a module (:mod:`ecgfast.nn`), with one frozen config dataclass for
+its hyperparameters (:mod:`ecgfast.ops.configs`). Backends (:mod:`ecgfast.ops.backends`): Triton kernels
 (``ecgfast.kernels``), the C++/CUDA extension ``ecgfast._C`` (csrc/), and the plain-torch reference
-(:mod:`ecgfast.reference`), which is the fallback and the oracle of the tests.
-"""
-from .contrastive_loss import multi_positive_contrastive_loss
-from .vcg_augment import vcg_augment
+(:mod:`ecgfast.reference`), which is the fallback and the oracle of the tests. The VCG augmentation's random
+parameters: :mod:`ecgfast.ops.vcg_params`.
 
-__all__ = ["multi_positive_contrastive_loss", "vcg_augment"]
+The names below are imported on first use, so that ``ecgfast.ops.configs`` loads without torch (fast CLI help).
+"""
+
+from importlib import import_module
+
+_EXPORTS = {"ContrastiveLossConfig": "configs", "VCGAugmentConfig": "configs",
+            "multi_positive_contrastive_loss": "contrastive_loss", "vcg_augment": "vcg_augment",
+            "VCGAugmentParams": "vcg_params", "sample_vcg_params": "vcg_params"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Fused multi-positive contrastive (SupCon) loss: forward and backward without the N x N matrix (issue 6).
+"""Fused multi-positive contrastive (SupCon) loss: forward and backward without the N x N matrix, DDP included.
 
 The loss is the one of :mod:`ecgfast.reference.contrastive_loss` (exact definition there: additive per-kind
 weights, ``view_ids``, rows without positives). With ``x`` the L2-normalised embeddings (normalised here unless
@@ -7,95 +7,57 @@ weights, ``view_ids``, rows without positives). With ``x`` the L2-normalised emb
 
     loss_i = lse_i - sum_j w_ij s_ij / W_i,    lse_i = log sum_{a allowed(i, a)} exp(x_i . x_a / tau)
 
+Layers (Liger style): the Triton kernels (``ecgfast.kernels.contrastive_loss``) and the blockwise C++ CPU op
+(csrc/contrastive_loss.cpp) -> the host launcher, the ``torch.library`` custom ops
+``ecgfast::multi_positive_contrastive_lse`` (+ ``_backward``) and their ``autograd.Function`` -> the one functional
+:func:`multi_positive_contrastive_loss` (with the DDP gather as an option) -> the module
+:class:`ecgfast.nn.MultiPositiveContrastiveLoss`. Hyperparameters: :class:`ContrastiveLossConfig`.
+
 Design:
 
 - Positive term, O(N d), plain torch (so autograd and torch.compile handle it): with dense group labels ``g_k``
   (from a sort, static shapes) and per-group sums ``G_k = sum_{j in group} x_j`` (``index_add``),
   ``sum_j w_ij s_ij = x_i . sum_k lambda_k (G_k[g_k(i)] - x_i) / tau`` and ``W_i = sum_k lambda_k (c_k(i) - 1)``;
   with view ids the own (group, view) cell's sum and size replace ``x_i`` and 1.
-- Denominator, O(N^2 d) time and O(N d) memory: the custom op ``ecgfast::multi_positive_contrastive_lse``
-  computes ``lse`` (n,) with an online max-shifted log-sum-exp over key tiles (FlashAttention's forward), and its
-  backward op recomputes the tiles from the saved ``lse``: a query pass (``dq = sum_a g_i P_ia x_a / tau``) and a
-  key pass that iterates over query tiles (``dk = sum_i g_i P_ia x_i / tau``), fp32 accumulation, no atomics.
-  Recomputation (instead of Liger's gradient-in-forward) keeps ``reduction="none"`` and any upstream gradient.
-- Backends, picked once per (device, request): ``triton`` (kernels/contrastive_loss.py; CUDA, or the interpreter
-  with ``TRITON_INTERPRET=1``), ``cpp`` (csrc/contrastive_loss.cpp, blockwise CPU with at::parallel_for), and
-  ``torch`` (the reference itself, which materialises N x N). Choose with the ``backend`` argument or the
-  environment variable ``ECGFAST_LOSS_BACKEND``; default triton on CUDA, cpp on CPU when ``ecgfast._C`` is
-  built, torch otherwise. float64 input never goes to Triton (cpp on CPU, else torch).
+- Denominator, O(N^2 d) time and O(N d) memory: the custom op computes ``lse`` (n,) with an online max-shifted
+  log-sum-exp over key tiles (FlashAttention's forward), and its backward op recomputes the tiles from the saved
+  ``lse``: a query pass (``dq = sum_a g_i P_ia x_a / tau``) and a key pass that iterates over query tiles
+  (``dk = sum_i g_i P_ia x_i / tau``), fp32 accumulation, no atomics. Recomputation (instead of Liger's
+  gradient-in-forward) keeps ``reduction="none"`` and any upstream gradient.
+- Backends (:mod:`ecgfast.ops.backends`): ``triton`` (CUDA, or the interpreter with ``TRITON_INTERPRET=1``),
+  ``cpp`` (blockwise CPU with at::parallel_for), ``torch`` (the reference itself, which materialises N x N).
+  Choose with ``backend`` or ``$ECGFAST_LOSS_BACKEND``. float64 input never goes to Triton (cpp on CPU, else torch).
 - Precision: statistics, lse and gradients in float32 (float64 for float64 input). On Triton, bf16/fp16 inputs
   are normalised in float32 and rounded back to the input dtype for the tile products (tensor cores, fp32
   accumulation); float32 inputs use tf32 products only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
 - Masking: disallowed pairs are ``-inf`` through ``where`` (never -1e9); a row with no allowed key has
   ``lse = -inf`` and no positive, and the final ``where`` gives it loss 0 and gradient 0 (reference convention).
+- Distributed (``gather=True`` under ``torch.distributed`` with world size > 1): each rank scores its local rows
+  against the rows of every rank, gathered with ``torch.distributed.nn.functional.all_gather`` (whose backward
+  sums every rank's gradient back to the owner), ids with a plain ``all_gather``. Every rank must call the loss
+  at the same step (it runs collectives).
 """
 
 from __future__ import annotations
 
-import math
-import os
 import warnings
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..reference.contrastive_loss import (
     as_group_id_matrix,
     as_view_ids,
-    check_hyperparameters,
-    check_weights,
     multi_positive_contrastive_loss_reference,
+    positive_weight_sums,
 )
+from .backends import available_backends, resolve_backend
+from .configs import ContrastiveLossConfig
 
-try:  # the C++ extension registers torch.ops.ecgfast.mp_contrastive_lse_{fwd,bwd}
-    import ecgfast._C  # noqa: F401
-
-    _CPP_OK = hasattr(torch.ops.ecgfast, "mp_contrastive_lse_fwd")
-except (ImportError, OSError, RuntimeError):
-    _CPP_OK = False
-
-BACKENDS: tuple[str, ...] = ("triton", "cpp", "torch")
+OP = "contrastive_loss"
 MAX_DIM = 1024  # largest feature size the kernels are tuned and tested for
-ENV_BACKEND = "ECGFAST_LOSS_BACKEND"
-_CHOSEN: dict[tuple[str, str], str] = {}  # (device type, requested) -> backend
-
-
-def _triton_ok(device: torch.device) -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def resolve_backend(device: torch.device | str, backend: str | None = None) -> str:
-    """The backend for ``device``: ``backend``, else ``$ECGFAST_LOSS_BACKEND``, else the best available.
-
-    Raises:
-        ValueError: an unknown backend name, or one that cannot run on ``device`` (triton without CUDA or
-            ``TRITON_INTERPRET=1``; cpp without ``ecgfast._C`` or on a non-CPU device).
-    """
-    device = torch.device(device)
-    requested = backend or os.environ.get(ENV_BACKEND) or "auto"
-    key = (device.type, requested)
-    if key in _CHOSEN:
-        return _CHOSEN[key]
-    if requested not in (*BACKENDS, "auto"):
-        raise ValueError(f"unknown loss backend {requested!r}: expected one of {BACKENDS} (argument or ${ENV_BACKEND})")
-    if requested == "auto":
-        if device.type == "cuda":
-            chosen = "triton" if _triton_ok(device) else "torch"
-        else:
-            chosen = "cpp" if _CPP_OK and device.type == "cpu" else "torch"
-    else:
-        chosen = requested
-        if chosen == "triton" and not _triton_ok(device):
-            raise ValueError(f"the triton backend needs a CUDA device or TRITON_INTERPRET=1, got {device}")
-        if chosen == "cpp" and not (_CPP_OK and device.type == "cpu"):
-            raise ValueError(f"the cpp backend needs ecgfast._C (built by setup.py) and a CPU tensor, got {device}")
-    _CHOSEN[key] = chosen
-    return chosen
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,19 +218,50 @@ def _positive_terms(x: torch.Tensor, ids: torch.Tensor, lam: Sequence[float], vi
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Distributed: gather the rows of every rank
+
+
+def _world_size() -> int:
+    """World size of the default process group, 1 when torch.distributed is absent or not initialised."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_gather_rows(
+    z: torch.Tensor, meta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Gather rows from every rank, in rank order: z (n, d) with autograd, meta (M, n) int64 ids without.
+
+    Ranks may hold different numbers of rows: sizes are exchanged first, rows padded to the largest and the
+    padding dropped after the gather.
+
+    Returns:
+        z_all (N, d), meta_all (M, N), and the global index of this rank's first row.
+    """
+    from torch.distributed.nn.functional import all_gather as all_gather_with_grad  # only where distributed runs
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = z.shape[0]
+    sizes_out = [torch.zeros(1, dtype=torch.long, device=z.device) for _ in range(world)]
+    dist.all_gather(sizes_out, torch.tensor([n], dtype=torch.long, device=z.device))
+    sizes = [int(t.item()) for t in sizes_out]
+    width = max(sizes)
+
+    z_padded = F.pad(z, (0, 0, 0, width - n))  # (width, d); the padding rows get no gradient
+    with warnings.catch_warnings():
+        # torch >= 2.10 marks it deprecated in favour of a private module; it is the public autograd-aware gather.
+        warnings.filterwarnings("ignore", message=r".*all_gather is deprecated", category=FutureWarning)
+        z_parts = all_gather_with_grad(z_padded)  # world x (width, d)
+    z_all = torch.cat([part[:size] for part, size in zip(z_parts, sizes, strict=True)])
+
+    meta_padded = F.pad(meta, (0, width - n)).contiguous()  # (M, width)
+    meta_parts = [torch.empty_like(meta_padded) for _ in range(world)]
+    dist.all_gather(meta_parts, meta_padded)
+    meta_all = torch.cat([part[:, :size] for part, size in zip(meta_parts, sizes, strict=True)], dim=1)
+    return z_all, meta_all, sum(sizes[:rank])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The functional
-
-
-def _check_weights(weights: Sequence[float] | torch.Tensor | None, kinds: int) -> tuple[float, ...]:
-    if weights is None:
-        return (1.0,) * kinds
-    if isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float)) for w in weights):
-        if len(weights) != kinds:
-            raise ValueError(f"got {len(weights)} weights for {kinds} group-id vectors: give one weight per id vector")
-        if not all(math.isfinite(w) and w >= 0 for w in weights):
-            raise ValueError(f"weights must be finite and >= 0, got {list(weights)}")
-        return tuple(float(w) for w in weights)
-    return check_weights(weights, kinds)
 
 
 def _check_z(z: torch.Tensor) -> None:
@@ -276,71 +269,15 @@ def _check_z(z: torch.Tensor) -> None:
         raise ValueError(f"z must be (N, d), got shape {tuple(z.shape) if isinstance(z, torch.Tensor) else z!r}")
     if not z.dtype.is_floating_point:
         raise ValueError(f"z must be float32, bfloat16, float16 or float64, got {z.dtype}")
-    n, d = z.shape
-    if n < 2:
-        raise ValueError(f"z needs N >= 2 rows (a row's only negatives and positives are other rows), got N = {n}")
-    if not 1 <= d <= MAX_DIM:
-        raise ValueError(f"z must have 1 <= d <= {MAX_DIM} features, got d = {d}")
+    if not 1 <= z.shape[1] <= MAX_DIM:
+        raise ValueError(f"z must have 1 <= d <= {MAX_DIM} features, got d = {z.shape[1]}")
 
 
-def multi_positive_contrastive_loss(
-    z: torch.Tensor,
-    group_ids: Sequence[torch.Tensor] | torch.Tensor,
-    temperature: float = 0.1,
-    weights: Sequence[float] | torch.Tensor | None = None,
-    view_ids: torch.Tensor | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
-    *,
-    rows: slice | None = None,
-    backend: str | None = None,
-) -> torch.Tensor:
-    """Fused multi-positive contrastive loss of N embeddings, O(N d) memory (module docstring; same arguments and
-    result as :func:`ecgfast.reference.contrastive_loss.multi_positive_contrastive_loss_reference`).
-
-    Args:
-        z: (N, d) embeddings, float32 / bfloat16 / float16 (float64 runs on cpp or torch), N >= 2, d <= 1024.
-        group_ids: K integer id vectors (N,) (a sequence, one (N,) tensor or a (K, N) tensor); equal ids of kind
-            k make positives.
-        temperature: tau > 0.
-        weights: K per-kind weights >= 0 (default 1), additive over kinds.
-        view_ids: optional (N,) integer view index: negatives and positives only from other views.
-        normalize: L2-normalise ``z`` first (in float32); ``False`` when the caller already did.
-        reduction: ``"mean"`` over anchors with positives, ``"sum"`` or ``"none"`` ((n,), 0 without positives).
-        rows: anchors as a slice ``start:stop`` of the N rows (default all), scored against all N rows; the
-            distributed loss passes its local block of the gathered batch.
-        backend: ``"triton"``, ``"cpp"`` or ``"torch"``; default ``$ECGFAST_LOSS_BACKEND`` or the best available.
-
-    Returns:
-        A scalar, or (n,) for ``"none"``; float32 (float64 for float64 ``z``).
-
-    Raises:
-        ValueError: ``z`` not 2-D or not floating point, N < 2, d outside 1..1024, ids of the wrong length or dtype,
-            a bad temperature, reduction, weight or weight count, a bad ``rows`` slice or an unusable backend.
-
-    Example:
-        >>> z = torch.randn(8, 128, requires_grad=True)
-        >>> ecg, patient = torch.tensor([0, 1, 2, 3] * 2), torch.tensor([0, 0, 1, 2] * 2)
-        >>> loss = multi_positive_contrastive_loss(z, [ecg, patient], weights=(1.0, 0.5))
-        >>> loss.backward()
-    """
-    check_hyperparameters(temperature, reduction)
-    _check_z(z)
-    n_all = z.shape[0]
-    ids = as_group_id_matrix(group_ids, n_all).to(z.device)  # (K, N)
-    lam = _check_weights(weights, ids.shape[0])
-    views = as_view_ids(view_ids, n_all)
-    views = None if views is None else views.to(z.device)
-    start, stop, step = (rows or slice(None)).indices(n_all)
-    if step != 1 or stop <= start:
-        raise ValueError(f"rows must be a non-empty slice with step 1 of the {n_all} rows, got {rows}")
-    chosen = resolve_backend(z.device, backend)
-    if chosen == "triton" and z.dtype == torch.float64:
-        chosen = "cpp" if _CPP_OK and z.device.type == "cpu" else "torch"
-    if chosen == "torch":
-        return multi_positive_contrastive_loss_reference(z, ids, temperature, lam, views, normalize, reduction,
-                                                         rows=slice(start, stop))
-
+def _fused_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], views: torch.Tensor | None,
+                temperature: float, normalize: bool, start: int, stop: int,
+                chosen: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-anchor losses, has a positive), both (stop - start,), of rows [start, stop) of z (N, d) against all N
+    rows, by a fused backend."""
     work = torch.float64 if z.dtype == torch.float64 else torch.float32
     x = z.to(work)
     if normalize:
@@ -354,12 +291,126 @@ def multi_positive_contrastive_loss(
     pos_sum, w_sum = _positive_terms(x_pos, ids, lam, views, start, stop)
     has_pos = w_sum > 0
     safe_w = torch.where(has_pos, w_sum, torch.ones_like(w_sum))
-    per_row = torch.where(has_pos, lse.to(work) - pos_sum / (temperature * safe_w), torch.zeros_like(w_sum))
+    return torch.where(has_pos, lse.to(work) - pos_sum / (temperature * safe_w), torch.zeros_like(w_sum)), has_pos
+
+
+def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], views: torch.Tensor | None,
+                 cfg: ContrastiveLossConfig, start: int, stop: int,
+                 backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-anchor losses, has a positive) of rows [start, stop) on the chosen backend; N < 2 goes to the
+    reference (loss 0)."""
+    chosen = resolve_backend(OP, z.device, backend)
+    if chosen == "triton" and z.dtype == torch.float64:
+        chosen = "cpp" if "cpp" in available_backends(OP, z.device) else "torch"
+    if chosen == "torch" or z.shape[0] < 2:  # one row has no pair: the reference's convention applies
+        per_row = multi_positive_contrastive_loss_reference(z, ids, cfg.temperature, lam, views, cfg.normalize, "none",
+                                                            rows=slice(start, stop))
+        return per_row, positive_weight_sums(ids, lam, views)[start:stop].to(per_row.device) > 0
+    return _fused_rows(z, ids, lam, views, cfg.temperature, cfg.normalize, start, stop, chosen)
+
+
+def _warn_no_positive() -> None:
+    warnings.warn("multi-positive contrastive loss: no row has a positive (every group is a singleton, every "
+                  "weight is 0, or view_ids leave no pair); the loss is 0", RuntimeWarning, stacklevel=3)
+
+
+def multi_positive_contrastive_loss(
+    z: torch.Tensor,
+    group_ids: Sequence[torch.Tensor] | torch.Tensor,
+    temperature: float = 0.1,
+    weights: Sequence[float] | torch.Tensor | None = None,
+    view_ids: torch.Tensor | None = None,
+    normalize: bool = True,
+    reduction: str = "mean",
+    *,
+    gather: bool = True,
+    rows: slice | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Multi-positive contrastive loss of N embeddings, O(N d) memory; gathered across ranks under DDP.
+
+    Same definition and result as :func:`ecgfast.reference.contrastive_loss.multi_positive_contrastive_loss_reference`
+    (the module docstring of this file says how it is computed).
+
+    Args:
+        z: (n, d) embeddings of this rank (all N rows without torch.distributed), float32 / bfloat16 / float16 /
+            float64, d <= 1024.
+        group_ids: K integer id vectors (n,) (a sequence, one (n,) tensor or a (K, n) tensor); equal ids of kind
+            k make positives.
+        temperature: tau > 0.
+        weights: K per-kind weights >= 0 (default 1), additive over kinds: nested ECG-within-patient ids give a
+            same-ECG pair ``lambda_ecg + lambda_patient``.
+        view_ids: optional (n,) integer view index: negatives and positives only from other views.
+        normalize: L2-normalise ``z`` first (in float32); ``False`` when the caller already did.
+        reduction: ``"mean"`` over anchors with positives, ``"sum"`` or ``"none"`` ((n,), 0 without positives).
+        gather: under torch.distributed with world size > 1, score this rank's rows against every rank's rows.
+        rows: anchors as a slice ``start:stop`` of the N rows (default all), scored against all N rows; not with
+            a distributed gather.
+        backend: ``"triton"``, ``"cpp"`` or ``"torch"``; default ``$ECGFAST_LOSS_BACKEND`` or the best available.
+
+    Returns:
+        A scalar, or (n,) for ``"none"``; float32 (float64 for float64 ``z``). Under torch.distributed, the
+        per-rank value is scaled so that its average over ranks is the full-batch loss and DDP's averaged gradient
+        is the full-batch gradient (see the comment in the code). With N < 2 (no pair at all) the loss is 0.
+
+    Raises:
+        ValueError: ``z`` not 2-D or not floating point, d outside 1..1024, ids of the wrong length or dtype, a bad
+            temperature, reduction, weight or weight count, a bad ``rows`` slice or an unusable backend.
+
+    Example:
+        >>> z = torch.randn(8, 128, requires_grad=True)
+        >>> ecg, patient = torch.tensor([0, 1, 2, 3] * 2), torch.tensor([0, 0, 1, 2] * 2)
+        >>> loss = multi_positive_contrastive_loss(z, [ecg, patient], weights=(1.0, 0.5))
+        >>> loss.backward()
+    """
+    cfg = ContrastiveLossConfig(temperature, weights, normalize, reduction, gather)  # validates them all
+    _check_z(z)
+    n = z.shape[0]
+    ids = as_group_id_matrix(group_ids, n).to(z.device)  # (K, n)
+    lam = cfg.weights_for(ids.shape[0])
+    views = as_view_ids(view_ids, n)
+    views = None if views is None else views.to(z.device)
+    world = _world_size() if gather else 1
+    if world == 1:
+        start, stop, step = (rows or slice(None)).indices(n)
+        if step != 1 or stop <= start:
+            raise ValueError(f"rows must be a non-empty slice with step 1 of the {n} rows, got {rows}")
+        per_row, has_pos = _scored_rows(z, ids, lam, views, cfg, start, stop, backend)
+        if reduction == "none":
+            return per_row
+        if not torch.compiler.is_compiling() and not bool(has_pos.any()):
+            _warn_no_positive()
+        if reduction == "sum":
+            return per_row.sum()
+        return per_row.sum() / has_pos.sum().clamp(min=1)
+    if rows is not None:
+        raise ValueError("rows selects anchors of one process's batch: pass gather=False with it")
+
+    meta = ids if views is None else torch.cat([ids, views[None]])  # (K [+1], n)
+    z_all, meta_all, offset = _all_gather_rows(z, meta)
+    ids_all, views_all = (meta_all, None) if views is None else (meta_all[:-1], meta_all[-1])
+    per_row, _ = _scored_rows(  # (n,): this rank's rows (queries) against all N gathered rows (keys)
+        z_all, ids_all, lam, views_all, cfg, offset, offset + n, backend)
     if reduction == "none":
         return per_row
-    if not torch.compiler.is_compiling() and not bool(has_pos.any()):
-        warnings.warn("multi-positive contrastive loss: no row has a positive (every group is a singleton, every "
-                      "weight is 0, or view_ids leave no pair); the loss is 0", RuntimeWarning, stacklevel=2)
+
+    # Gradient scaling. L = full-batch loss = sum_i loss_i / n_valid (n_valid: rows with positives, all ranks).
+    # all_gather's backward sums every rank's gradient w.r.t. the gathered copy back to its owner, so the
+    # gradient reaching rank r's z is d(sum_r' loss_r')/dz_r, and DDP then averages parameter gradients over the
+    # W ranks. Returning loss_r = W / n_valid * sum_{i local} loss_i makes sum_r' loss_r' = W L, hence rank r's z
+    # gets W dL/dz_r and the DDP average is (1/W) sum_r J_r^T W dL/dz_r = dL/dtheta: the full-batch gradient,
+    # even with unequal rows per rank. With the same number of rows with positives on every rank (the usual
+    # case) loss_r is exactly the mean over the local rows, and in all cases mean_r loss_r = L. "sum" likewise
+    # returns W * local sum (mean over ranks = full-batch sum).
     if reduction == "sum":
+        return per_row.sum() * world
+    n_valid = int((positive_weight_sums(ids_all, lam, views_all) > 0).sum())
+    if n_valid == 0:
+        warnings.warn("multi-positive contrastive loss: no row of the gathered batch has a positive; the loss is 0",
+                      RuntimeWarning, stacklevel=2)
         return per_row.sum()
-    return per_row.sum() / has_pos.sum().clamp(min=1)
+    return per_row.sum() * (world / n_valid)
+
+
+
+__all__ = ["ContrastiveLossConfig", "MAX_DIM", "MultiPositiveContrastiveLSE", "multi_positive_contrastive_loss"]

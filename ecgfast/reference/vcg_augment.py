@@ -3,7 +3,7 @@
 Written for clarity; the fused kernels of ``ecgfast.ops`` must match it. The op splits in three, and the
 kernels take over only the last part:
 
-1. parameter sampling (random; :mod:`ecgfast.augment`): rotation angles, axis scales, mask starts;
+1. parameter sampling (random; :mod:`ecgfast.ops.vcg_params`): rotation angles, axis scales, mask starts;
 2. the per-view 8x8 lead transform built from them (:func:`lead_transform_matrices`):
    ``M = D S R D_inv`` (or ``I + D (S R - I) D_inv`` in residual mode), tiny and done in torch;
 3. applying it (:func:`vcg_augment_reference`): ``out = zero_mask(M @ x + noise)``, memory-bound.
@@ -226,3 +226,95 @@ def vcg_augment_reference(
             raise ValueError(f"mask_length={mask_length} needs mask_starts")
         y = zero_mask(y, mask_starts, mask_length)
     return y.to(out_dtype)
+
+
+# ---- the whole fused op, composed from the parts above: decode, view windows, transform, noise, mask ----------
+
+def _mulhilo32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of ``a * b`` for a 32-bit constant ``a`` and int64 ``b`` in [0, 2^32), in int64."""
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    lo_part, hi_part = a * b_lo, a * b_hi  # each < 2^48
+    hi = (hi_part + (lo_part >> 16)) >> 16
+    lo = (lo_part + ((hi_part & 0xFFFF) << 16)) & 0xFFFFFFFF
+    return hi, lo
+
+
+def philox_randn(seed: int, counters: torch.Tensor) -> torch.Tensor:
+    """Triton's ``tl.randn(seed, counters)`` in torch: Philox4x32-10 then Box-Muller, float32, ``counters``' shape.
+
+    The noise stream of the fused op: every backend draws the Gaussian of output element i from counter i, so
+    that they agree up to the float rounding of log/cos/sqrt. ``counters`` is an int64 tensor (>= 0).
+    """
+    c0, c1 = counters & 0xFFFFFFFF, (counters >> 32) & 0xFFFFFFFF
+    c2 = c3 = torch.zeros_like(counters)
+    k0, k1 = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
+    for _ in range(10):
+        hi_b, lo_b = _mulhilo32(0xCD9E8D57, c2)
+        hi_a, lo_a = _mulhilo32(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+
+    def uniform(u: torch.Tensor) -> torch.Tensor:  # Triton's uint_to_uniform_float for 32 bits
+        s = torch.where(u >= 1 << 31, u - (1 << 32), u)  # as int32
+        s = torch.where(s < 0, -s - 1, s)  # ~s
+        return s.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
+
+    u1 = torch.clamp_min(uniform(c0), 1.0e-7)
+    th = torch.tensor(6.283185307179586, dtype=torch.float32) * uniform(c1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(th)
+
+
+def decode_int16(q: torch.Tensor, gain: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """Store samples to millivolts: (B, 8, T) int16 with (B,) gain and baseline -> float32 ``(q - baseline) / gain``."""
+    return (q.float() - baseline.float()[:, None, None]) / gain.float()[:, None, None]
+
+
+def crop_windows(x: torch.Tensor, windows: torch.Tensor, length: int) -> torch.Tensor:
+    """The view windows of each ECG: x (B, L, T), windows (V, B) first samples -> (V, B, L, length).
+
+    View v of ECG b is ``x[b, :, windows[v, b] : windows[v, b] + length]``; samples past the end of x read 0
+    (the fused kernels mask such loads the same way).
+    """
+    batch, leads, n = x.shape
+    t = windows.to(x.device, torch.long)[..., None] + torch.arange(length, device=x.device)  # (V, B, length)
+    inside = (t >= 0) & (t < n)
+    idx = t.clamp(0, n - 1)[:, :, None, :].expand(-1, -1, leads, -1)  # (V, B, L, length)
+    out = torch.gather(x[None].expand(windows.shape[0], -1, -1, -1), 3, idx)
+    return torch.where(inside[:, :, None, :], out, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def vcg_augment_views_reference(
+    x: torch.Tensor,
+    gain: torch.Tensor | None,
+    baseline: torch.Tensor | None,
+    matrices: torch.Tensor,
+    mask_starts: torch.Tensor,
+    mask_length: int,
+    noise_std: float = 0.0,
+    noise_seed: int = 0,
+    windows: torch.Tensor | None = None,
+    length: int | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The fused op of :mod:`ecgfast.ops.vcg_augment` in plain torch: (B, 8, T) -> (V, B, 8, L) ``out_dtype``.
+
+    Decode (int16 with ``gain``/``baseline``; float input is mV), cut the V view windows of L samples
+    (:func:`crop_windows`; default one window at 0 of the whole record), then per view
+    ``zero_mask(M[v] @ x_v + noise_std * n_v)`` with ``n`` from :func:`philox_randn` at counter
+    ``((v * B + b) * 8 + l) * L + t`` of output element (v, b, l, t).
+    """
+    xf = decode_int16(x, gain, baseline) if x.dtype == torch.int16 else x.float()
+    n_views, batch = matrices.shape[0], x.shape[0]
+    if windows is None:
+        windows, length = torch.zeros(n_views, batch, dtype=torch.long), x.shape[-1]
+    length = x.shape[-1] if length is None else length
+    views = crop_windows(xf, windows, length)  # (V, B, 8, L)
+    outs = []
+    for v in range(n_views):
+        noise = None
+        if noise_std > 0:
+            first = v * batch * N_LEADS * length
+            counters = torch.arange(first, first + batch * N_LEADS * length, device=x.device)
+            noise = noise_std * philox_randn(noise_seed, counters.view(batch, N_LEADS, length))
+        outs.append(vcg_augment_reference(views[v], matrices[v], mask_starts[v], mask_length, noise, out_dtype))
+    return torch.stack(outs)

@@ -1,15 +1,16 @@
 """Scores and reports of the downstream protocol: AUROC, its intervals, the summary table and the plot.
 
-- :func:`auroc` is the Mann-Whitney U statistic from average ranks (``scipy.stats.rankdata``): ties count
-  one half, exactly as ``sklearn.metrics.roc_auc_score``.
-- :func:`bootstrap_auroc` resamples test *patients* with replacement (all records of a drawn patient come
-  along, as many times as the patient is drawn), because records of one patient are not independent.
-  Resamples are weights on records, so a thousand of them cost a few vectorised passes, not a loop.
+- :func:`auroc` is scikit-learn's ``roc_auc_score`` after checks that name what is wrong with the input.
+- :func:`bootstrap_auroc` resamples test *patients* with replacement (all records of a drawn patient come along,
+  as many times as the patient is drawn), because records of one patient are not independent. Resamples are
+  weights on records, and :func:`weighted_auroc` scores a thousand of them in a few vectorised passes (scikit-learn
+  scores one weighting per call, about 8 ms each: seconds per cell); a test checks it against ``roc_auc_score``
+  with ``sample_weight``.
 - :func:`seed_interval` is a Student-t interval over seeds (mean +- t_{0.975, n-1} * sd / sqrt(n)); with a
-  single seed there is no spread to measure and that seed's patient-bootstrap interval stands in.
-- :func:`summarize` gives one row per (task, fraction, arm) with the mean over seeds, its interval, and the
-  gain of a pretrained arm over random init, paired by seed (the same seed draws the same labelled
-  patients for every arm, so the difference per seed removes the draw's luck).
+  single seed there is no spread to measure and that seed's patient-bootstrap interval stands in, labelled so.
+- :func:`summarize` gives one row per (task, fraction, arm) with the mean over seeds, its interval, and the gain
+  of a pretrained arm over random init, paired by seed (the same seed draws the same labelled patients for every
+  arm, so the difference per seed removes the draw's luck).
 """
 
 from __future__ import annotations
@@ -22,9 +23,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.metrics import roc_auc_score
 
 ARM_ORDER = ("random", "frozen", "finetuned")
 ARM_COLORS = {"random": "tab:gray", "frozen": "tab:blue", "finetuned": "tab:orange"}
+#: Names in words of the labels ecgfast knows (SNOMED-CT codes of the CinC challenges, PTB-XL statements), for plots.
+TASK_NAMES = {
+    "NORM": "normal ECG", "MI": "myocardial infarction", "STTC": "ST/T change", "CD": "conduction disturbance",
+    "HYP": "hypertrophy", "AFIB": "atrial fibrillation", "CLBBB": "complete LBBB", "CRBBB": "complete RBBB",
+    "IRBBB": "incomplete RBBB", "LAFB": "left anterior fascicular block", "1AVB": "first-degree AV block",
+    "LVH": "left ventricular hypertrophy", "PVC": "ventricular ectopics", "PAC": "atrial ectopics",
+    "STACH": "sinus tachycardia", "SBRAD": "sinus bradycardia", "SR": "sinus rhythm", "IMI": "inferior MI",
+    "ASMI": "anteroseptal MI", "AMI": "anterior MI",
+    "164889003": "atrial fibrillation", "164890007": "atrial flutter", "426783006": "sinus rhythm",
+    "270492004": "first-degree AV block", "164909002": "LBBB", "59118001": "RBBB", "713427006": "complete RBBB",
+    "284470004": "premature atrial contraction", "427172004": "premature ventricular contraction",
+    "164934002": "T-wave abnormal", "59931005": "T-wave inversion", "426177001": "sinus bradycardia",
+    "427084000": "sinus tachycardia", "39732003": "left axis deviation", "164873001": "LVH",
+    "251146004": "low QRS voltage", "10370003": "pacing rhythm", "164917005": "Q wave abnormal",
+    "low_ef": "low-EF-like phenotype (synthetic)", "hyperk": "hyperkalemia-like phenotype (synthetic)",
+    "af": "atrial fibrillation (synthetic)",
+}
+
+
+def task_title(task: str) -> str:
+    """``task`` with its name in words where ecgfast knows the code: ``dx:164889003 (atrial fibrillation)``."""
+    code = task.split(":", 1)[-1]
+    name = TASK_NAMES.get(code)
+    return f"{task} ({name})" if name and name != task else task
 
 
 def auroc(y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -41,12 +67,10 @@ def auroc(y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray)
         raise ValueError("auroc: labels must be 0 or 1")
     if not np.isfinite(s).all():
         raise ValueError(f"auroc: {int((~np.isfinite(s)).sum())} scores are NaN or infinite")
-    n_pos = float(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"auroc: needs both classes, got {int(n_pos)} positives and {int(n_neg)} negatives")
-    ranks = stats.rankdata(s)  # average ranks: a tie between a positive and a negative counts 1/2
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    n_pos = int(y.sum())
+    if n_pos == 0 or n_pos == y.size:
+        raise ValueError(f"auroc: needs both classes, got {n_pos} positives and {y.size - n_pos} negatives")
+    return float(roc_auc_score(y, s))
 
 
 def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -142,7 +166,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                          "boot_lo": float(cells["test_lo"].mean()), "boot_hi": float(cells["test_hi"].mean()),
                          "gain_mean": gain[0], "gain_lo": gain[1], "gain_hi": gain[2],
                          "n_train_patients": int(cells["n_train_patients"].iloc[0])
-                         if "n_train_patients" in cells else -1})
+                         if "n_train_patients" in cells else -1,
+                         "n_val_patients": int(cells["n_val_patients"].iloc[0])
+                         if "n_val_patients" in cells else -1})
     return pd.DataFrame(rows)
 
 
@@ -159,11 +185,12 @@ def markdown_table(summary: pd.DataFrame) -> str:
     """Task x fraction rows, one column per arm ("mean [lo, hi]"), then one gain column per pretrained arm."""
     arms = [a for a in ARM_ORDER if a in set(summary["arm"])]
     gains = [a for a in arms if a != "random"] if "random" in arms else []
-    header = ["task", "labels", "train patients", *arms, *(f"{a} - random" for a in gains)]
+    header = ["task", "labels", "train / val patients", *arms, *(f"{a} - random" for a in gains)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for (task, fraction), block in summary.groupby(["task", "fraction"], sort=True):
         by_arm = block.set_index("arm")
-        cells = [task, f"{fraction:g} %", str(int(block["n_train_patients"].iloc[0]))]
+        first = block.iloc[0]
+        cells = [task, f"{fraction:g} %", f"{int(first['n_train_patients'])} / {int(first['n_val_patients'])}"]
         cells += [_fmt(*by_arm.loc[a, ["mean", "lo", "hi"]]) if a in by_arm.index else "-" for a in arms]
         cells += [_fmt(*by_arm.loc[a, ["gain_mean", "gain_lo", "gain_hi"]], signed=True)
                   if a in by_arm.index else "-" for a in gains]
@@ -172,15 +199,18 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
-    """AUROC against label fraction (log x axis), one line per arm with its interval band, one panel per task."""
+    """AUROC against label fraction (log x axis), one line per arm with its interval band, one panel per task,
+    titled with the task's name in words; the legend sits outside the panels."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
     import matplotlib.pyplot as plt
 
     tasks = sorted(summary["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.8), squeeze=False, sharey=True)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    cols = min(len(tasks), 3)
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False, sharey=True)
+    for ax, task in zip(axes.flat, tasks, strict=False):
         block = summary[summary["task"] == task]
         for arm in [a for a in ARM_ORDER if a in set(block["arm"])]:
             r = block[block["arm"] == arm].sort_values("fraction")
@@ -193,45 +223,72 @@ def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
         ax.minorticks_off()
         ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
-        ax.set_title(task)
+        ax.set_title(task_title(task), fontsize=10)
         ax.set_xlabel("labelled training patients (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test AUROC (mean over seeds, 95 % interval)")
-    axes[0][-1].legend(loc="lower right")
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    one_seed = bool((summary["interval"] == "bootstrap").any())
+    band = ("one seed: 95 % patient-bootstrap interval" if one_seed
+            else "mean over seeds, 95 % t-interval")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"test AUROC\n({band})")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def protocol_notes(settings: dict, tasks: dict[str, dict]) -> list[str]:
-    """The lines under the summary table that say how its numbers were made (``settings``: EvalConfig as a dict;
-    ``tasks``: task -> its counts, as ``TaskData.describe`` gives them)."""
-    cap = (f", random-init and finetuned cells capped at {settings['max_steps']} steps (the frozen head on cached "
-           "features trains all its epochs, val at each)" if settings.get("max_steps") else "")
+def protocol_notes(settings: dict, tasks: dict[str, dict], extra: Sequence[str] = ()) -> list[str]:
+    """The header of the report: how its numbers were made (``settings``: EvalConfig as a dict; ``tasks``: task ->
+    its counts, as ``TaskData.describe`` gives them; ``extra``: further lines, e.g. the pretraining-data check)."""
+    arms = settings["arms"]
+    arm_text = {"random": f"random init (all trainable, Adam lr {settings['lr_random']:g})",
+                "frozen": ("frozen encoder, L2 logistic regression on its embeddings, penalty chosen on validation"
+                           if settings.get("fast_frozen") else
+                           f"frozen encoder, linear head (Adam lr {settings['lr_head']:g}) on its features"),
+                "finetuned": f"finetuned (backbone lr {settings['lr_backbone']:g}, head lr {settings['lr_head']:g})"}
+    val = ("carved from each cell's labelled training patients: every "
+           f"{max(2, round(1 / settings['val_share']))}th of each class's drawn patients (at least one per class, "
+           "patient-disjoint from the cell's training patients, nested over fractions); a fraction keeps at least "
+           "two patients of each class" if settings["val_source"] == "carved"
+           else "the store's val split (its own patients, fully labelled)")
     notes = [
-        f"Test AUROC per record; mean over {settings['seeds']} seed(s) [95 % Student-t interval over seeds, clipped "
-        "to [0, 1]; one seed: its patient-bootstrap interval]. Gain: arm minus random init, paired by seed.",
+        "Arms: " + "; ".join(arm_text[a] for a in arms) + ". BCE with logits.",
+        f"Budget rule, the same for every arm: at most {settings['epochs']} epochs of its labelled training halves "
+        f"(batch {settings['batch_size']}), validation AUROC after every epoch, the best epoch's weights kept "
+        f"(ties: the earlier), early stop after {settings['patience']} epochs without improvement; test scored once."
+        + (" The frozen arm's logistic regression instead chooses its penalty on validation." if "frozen" in arms
+           and settings.get("fast_frozen") else "")
+        + (f" Sized for this run: {settings['budget_note']}." if settings.get("budget_note") else ""),
+        f"Seeds: {settings['seeds']} per cell. Test AUROC per record: mean over seeds [95 % Student-t interval over "
+        "seeds, clipped to [0, 1]; one seed: its patient-bootstrap interval]. Gain: arm minus random init, paired by "
+        "seed.",
         f"Per cell (results.csv test_lo/test_hi): 95 % percentile interval over {settings['n_boot']} resamples of "
         "test patients.",
-        f"Labels: stratified, nested samples of training patients. Schedule: {settings['epochs']} epochs of batch "
-        f"{settings['batch_size']} halves{cap}; the step is chosen on val AUROC (at up to "
-        f"{settings.get('evals') or settings['epochs']} points), test scored once."
-        + (" Class-balanced batches." if settings.get("balanced") else ""),
-        "10 s records are two 5 s halves: each half a training sample, a record's score the mean of its halves' "
-        "logits.",
-        "Frozen arm: " + ("L2 logistic regression on embeddings, penalty chosen on val." if settings.get("fast_frozen")
-                          else "linear head on the frozen encoder's features."),
+        f"Validation: {val}.",
+        "Labels: stratified, nested samples of training patients" + (". Class-balanced batches."
+                                                                    if settings.get("balanced") else "."),
+        "10 s records are segments of 5 s from their valid samples: each a training sample, a record's score the "
+        "mean of its segments' logits.",
+        *extra,
     ]
     for task, d in tasks.items():
-        val, test = d["val"], d["test"]
+        test = d["test"]
         notes.append(f"{task}: test {test['patients']} patients ({test['positive_patients']} positive), "
-                     f"{test['records']} records; val {val['patients']} patients ({val['positive_patients']} "
-                     f"positive)" + (" (missing label = negative)" if d["missing_as_negative"] else "") + ".")
-        if any(d["dropped_unlabelled"].values()):
-            notes.append(f"{task}: records without the label dropped: "
-                         + ", ".join(f"{split} {n}" for split, n in d["dropped_unlabelled"].items()))
+                     f"{test['records']} records" + (" (missing label = negative)" if d["missing_as_negative"] else "")
+                     + ".")
+        left = {k: v for k, v in d["dropped_unlabelled"].items() if v}
+        short = {k: v for k, v in d.get("dropped_too_short", {}).items() if v}
+        if left:
+            notes.append(f"{task}: records without the label left out: "
+                         + ", ".join(f"{s} {n}" for s, n in left.items()))
+        if short:
+            notes.append(f"{task}: records shorter than one segment left out: "
+                         + ", ".join(f"{s} {n}" for s, n in short.items()))
     return notes
 
 
@@ -254,5 +311,5 @@ def _arm_key(col: pd.Series) -> pd.Series:
     return col.map({a: i for i, a in enumerate(ARM_ORDER)}) if col.name == "arm" else col
 
 
-__all__ = ["auroc", "bootstrap_auroc", "markdown_table", "plot_auroc_vs_fraction", "protocol_notes", "seed_interval",
-           "summarize", "weighted_auroc", "write_reports"]
+__all__ = ["TASK_NAMES", "auroc", "bootstrap_auroc", "markdown_table", "plot_auroc_vs_fraction", "protocol_notes",
+           "seed_interval", "summarize", "task_title", "weighted_auroc", "write_reports"]

@@ -1,0 +1,48 @@
+"""The demo of ``ecgfast-eval --demo``: the synthetic corpus, pretrained on its train split, then evaluated.
+
+The CPU demo pretrains the tiny model with the embedded default's settings for :data:`DEMO_PRETRAIN_STEPS` steps
+on a corpus of :data:`DEMO_PATIENTS` patients; ``paper`` uses the authors' recipe (the paper model, batch 512,
+210 epochs: a GPU job) on a larger corpus. A finished pretraining run in ``<out>/pretrain`` is reused.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .tasks import EvalError
+
+log = logging.getLogger("ecgfast.eval")
+
+DEMO_TASKS = ("low_ef", "hyperk", "af")
+DEMO_PATIENTS = {"cpu": 1000, "paper": 5000}  # 1000: ~800 training patients, so 1 % still holds both classes
+DEMO_CORPUS_SEED = 42
+DEMO_PRETRAIN_STEPS = 100  # CPU demo: ~1 epoch of the 1000-patient corpus at the embedded default's batch 32
+
+
+def prepare_demo(out: Path, checkpoint: str | None, device: str | None, progress: bool,
+                 paper: bool = False) -> tuple[str, str]:
+    """(store, checkpoint) of the demo: the synthetic corpus, pretrained on its train split unless given."""
+    try:
+        from ..pretrain.checkpoint import find_checkpoint, load_state
+        from ..pretrain.config import SYNTHETIC_DEFAULTS, load_config
+        from ..pretrain.corpus import synthetic_store
+        from ..pretrain.loop import pretrain
+    except ImportError as exc:
+        raise EvalError(f"the demo pretrains with ecgfast.pretrain, which cannot be imported here ({exc})") from exc
+    store = synthetic_store(DEMO_PATIENTS["paper" if paper else "cpu"], DEMO_CORPUS_SEED)
+    if checkpoint:
+        return str(store), checkpoint
+    run = out / "pretrain"
+    overrides = {"store": str(store), "out": str(run), "progress": progress, "device": device,
+                 "seed": DEMO_CORPUS_SEED, "max_steps": None if paper else DEMO_PRETRAIN_STEPS}
+    config = load_config(overrides=overrides, base=None if paper else SYNTHETIC_DEFAULTS)
+    ckpt = find_checkpoint(run)
+    done = ckpt is not None and config.max_steps is not None and int(load_state(ckpt)["step"]) >= config.max_steps
+    if not done:
+        log.info("demo: pretraining %s on %s", config.model, store)
+        pretrain(config, resume=ckpt is not None)
+    return str(store), str(run)
+
+
+__all__ = ["DEMO_TASKS", "prepare_demo"]

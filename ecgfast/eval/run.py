@@ -1,0 +1,130 @@
+"""The evaluation run: every (task, arm, fraction, seed) cell not yet saved, then the reports over all of them.
+
+Each finished cell is ``<out>/cells/<task>__<arm>__f<fraction>__s<seed>.json``; a rerun skips it. The reports
+(results.csv, summary.*, the plot) cover every finished cell in the folder made with the same settings, so running
+again with other fractions or tasks adds to the tables instead of replacing them; a cell saved with other settings
+is an error that names it. Before any training, the encoder's pretraining data is checked against the test
+patients (:mod:`ecgfast.pretrain.provenance`): an encoder that saw them is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..data.store import write_json_atomic
+from ..pretrain.provenance import leakage_check
+from .config import EvalConfig
+from .protocol import Evaluator
+from .report import protocol_notes, write_reports
+from .tasks import EvalError, load_task, patient_labels, sample_fractions
+
+log = logging.getLogger("ecgfast.eval")
+
+RESULT_COLUMNS = ("task", "arm", "fraction", "seed", "method", "test_auroc", "test_lo", "test_hi", "val_auroc_best",
+                  "best_epoch", "epochs_run", "l2", "n_train_patients", "n_train_positive_patients", "n_val_patients",
+                  "n_val_positive_patients", "n_train_records", "n_test_records", "n_test_patients", "seconds")
+_CELL = re.compile(r"^(?P<task>.+)__(?P<arm>random|frozen|finetuned)__f(?P<f>[0-9.e+-]+)__s(?P<seed>\d+)\.json$")
+
+
+def cell_path(out: str | Path, task: str, arm: str, fraction: float, seed: int) -> Path:
+    """``<out>/cells/<task>__<arm>__f<fraction>__s<seed>.json``, the task name made file-safe."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", task)
+    if safe != task:  # keep distinct names distinct after the substitution
+        safe += f"-{zlib.crc32(task.encode()):08x}"
+    return Path(out) / "cells" / f"{safe}__{arm}__f{fraction:g}__s{seed}.json"
+
+
+def _load_cell(path: Path, want: dict) -> dict:
+    rec = json.loads(path.read_text())
+    diff = sorted(k for k in set(want) | set(rec.get("settings", {})) if rec.get("settings", {}).get(k) != want.get(k))
+    if diff:
+        raise EvalError(f"{path}: saved with other settings (differs in {diff}); use another --out, or delete the "
+                        "cells to recompute them")
+    return rec
+
+
+def _saved_cells(out: Path, ev: Evaluator) -> dict[tuple, dict]:
+    """Every cell already in ``out/cells`` whose settings match this run's: (task, arm, fraction, seed) -> record."""
+    found = {}
+    for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
+        if not _CELL.match(path.name):
+            continue
+        rec = json.loads(path.read_text())
+        key = (rec["task"], rec["arm"], float(rec["fraction"]), int(rec["seed"]))
+        found[key] = _load_cell(path, ev.fingerprint(rec["arm"]))
+    return found
+
+
+def _bar(total: int, enabled: bool) -> tqdm:
+    """One bar over the cells, with an ETA; on a terminal only, so that log files get no escape codes."""
+    return tqdm(total=total, desc="eval cells", unit="cell", disable=not (enabled and sys.stderr.isatty()))
+
+
+def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
+    """Run every cell of ``cfg`` not already saved in ``cfg.out``, then write the reports there.
+
+    Returns the summary (one row per task, fraction and arm; see :func:`ecgfast.eval.report.summarize`).
+
+    Raises:
+        EvalError: bad settings, tasks or fractions (all checked before any training), or an encoder pretrained on
+            test patients.
+        StoreError / SplitError: a missing store, or one whose splits mix patients.
+        CheckpointError: a checkpoint that is missing or made for another model.
+    """
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+    ev = Evaluator(cfg)
+    out = Path(cfg.out)
+    tasks = {name: load_task(ev.store, name, cfg.missing_as_negative, cfg.segment) for name in cfg.tasks}
+    extra = []
+    if ev.ckpt is not None:
+        provenance_file = ev.ckpt / "provenance.json"
+        provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else None
+        test_rows = np.unique(np.concatenate([t.rows["test"] for t in tasks.values()]))
+        status, sentence = leakage_check(provenance, ev.store, test_rows)
+        if status == "leak":
+            raise EvalError(f"refusing to evaluate: {sentence}. Pretrain on the train split only "
+                            "(ecgfast-train reads only it), or evaluate on other patients")
+        extra.append(f"Pretraining data: {sentence}.")
+    carve = cfg.val_share if cfg.val_source == "carved" else None
+    draws = {}  # (task, fraction, seed) -> (training patient codes, FractionDraw); drawn before any work
+    for name, task in tasks.items():
+        codes, labels = patient_labels(task.y["train"], task.patients["train"])
+        for seed in range(cfg.seeds):
+            for f, draw in sample_fractions(labels, cfg.fractions, seed, name, carve).items():
+                draws[name, f, seed] = (codes, draw)
+    grid = [(t, a, float(f), s) for t in cfg.tasks for a in cfg.arms for f in cfg.fractions for s in range(cfg.seeds)]
+    done = _saved_cells(out, ev)
+    pending = [key for key in grid if key not in done]
+    log.info("%d cells: %d saved, %d to run", len(grid), len(grid) - len(pending), len(pending))
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    with _bar(len(pending), cfg.progress) as bar:
+        for key in pending:
+            task, arm, f, seed = key
+            done[key] = ev.run_cell(tasks[task], arm, f, seed, *draws[task, f, seed])
+            write_json_atomic(cell_path(out, *key), done[key])
+            bar.update(1)
+    results = pd.DataFrame([{c: done[key].get(c, np.nan) for c in RESULT_COLUMNS} for key in sorted(done)])
+    seen_tasks = {**{k[0]: None for k in done}}
+    described = {name: tasks[name].describe() if name in tasks else
+                 load_task(ev.store, name, cfg.missing_as_negative, cfg.segment).describe() for name in seen_tasks}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+    header = {"settings": settings, "preset": ev.preset, "checkpoint": str(ev.ckpt) if ev.ckpt else None,
+              "tasks": described, "cells": {"this_run": len(pending), "in_folder": len(done)}}
+    header["notes"] = protocol_notes(settings, described, extra)
+    return write_reports(results, out, header)
+
+
+__all__ = ["RESULT_COLUMNS", "cell_path", "run_evaluation"]

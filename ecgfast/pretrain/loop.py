@@ -1,0 +1,320 @@
+"""Contrastive pretraining of the dual-stream TemporalNet: one lean loop (nanoGPT's shape).
+
+One step: a patient-aware batch of int16 ECGs -> one fused augmentation call (crop both views from the valid part,
+decode to mV, VCG rotation/scaling, ZeroMask, noise; :mod:`ecgfast.pretrain.views`) -> dual-stream encoder (bf16
+autocast on GPU, torch.compile where it pays) -> 4 embeddings per ECG -> multi-positive loss with ECG and patient
+ids, gathered across ranks under DDP -> Adam, warm-up then cosine, clipping at 1.0. The loader's workers read the
+next batches while the step runs.
+
+Batch size is the recipe's global batch: ``batch_size`` ECGs per step over all ranks, ``batch_size / world`` on
+each, and every row of every rank is a negative for every other (the loss gathers them). A step whose loss is not
+finite is skipped on every rank together and leaves no trace in the model: BatchNorm statistics updated by its
+forward pass are restored. Multi-GPU and multi-node: run the same command under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from ..data.loader import make_input
+from ..data.sampler import PatientBatchSampler
+from ..data.store import ECGStore
+from ..data.windows import usable
+from ..models.temporalnet import DualStreamTemporalNet, temporalnet_config
+from ..nn import MultiPositiveContrastiveLoss
+from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights, save_checkpoint
+from .config import TrainConfig, to_dict, to_toml
+from .corpus import synthetic_store
+from .provenance import pretraining_provenance
+from .views import N_VIEWS, make_views, row_ids
+
+log = logging.getLogger("ecgfast.train")
+RUN_MARKERS = ("config.toml", "metrics.csv", "checkpoints")  # what makes a folder a run folder of ecgfast-train
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss stayed NaN/Inf for more consecutive steps than ``max_nonfinite``."""
+
+
+class RunFolderError(ValueError):
+    """``--out`` exists and holds a run (or anything else) that this command would overwrite."""
+
+
+class ContrastivePretrainer(torch.nn.Module):
+    """Views (N, 8, T) -> projected stream embeddings (N, 2, proj_dim). The module DDP wraps and compiles."""
+
+    def __init__(self, encoder: DualStreamTemporalNet):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.encoder.embed(views)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if world > 1:
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for a fresh run, or check it for ``resume``.
+
+    Raises:
+        RunFolderError: ``out`` is a file; it holds a run and neither ``resume`` nor ``overwrite`` is given; or
+            ``overwrite`` is asked of a non-empty folder that is not a run folder (nothing is deleted then).
+    """
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out {out} is a file, not a folder")
+    if resume or not out.exists() or not any(out.iterdir()):
+        return
+    is_run = any((out / m).exists() for m in RUN_MARKERS)
+    if not overwrite:
+        what = "a pretraining run" if is_run else "files that are not a pretraining run"
+        raise RunFolderError(f"--out {out} already holds {what}: pass --resume to continue it, --overwrite to "
+                             "replace it, or choose another --out")
+    if not is_run:
+        raise RunFolderError(f"--out {out} is not empty and is not a pretraining run (no {', '.join(RUN_MARKERS)}): "
+                             "refusing to delete it with --overwrite")
+    for marker in RUN_MARKERS:
+        path = out / marker
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+
+
+def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run pretraining as configured. Returns a summary: losses per step, steps, checkpoint, ECGs/s.
+
+    Raises:
+        StoreError / SplitError: missing, corrupt or patient-mixing store.
+        CheckpointError: ``resume`` with no intact checkpoint, or one of another model shape.
+        RunFolderError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        ValueError: an impossible batch for the sampler or the world size, or bad settings.
+        NonFiniteLossError: the loss kept being NaN/Inf.
+    """
+    owns_group = not (dist.is_available() and dist.is_initialized())  # a group made here is destroyed here
+    rank, world, local_rank = _distributed()
+    device = torch.device(config.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    use_bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
+    use_compile = config.compile if config.compile is not None else device.type == "cuda"
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch and must split evenly over the "
+                         f"{world} ranks")
+    rank_batch = config.batch_size // world
+    torch.manual_seed(config.seed + rank)
+    out = Path(config.out)
+    if rank == 0:
+        prepare_run_folder(out, resume, overwrite)
+
+    # data: the train split only, records that hold a segment; validation and test patients are never seen here
+    if not config.store and rank == 0:
+        synthetic_store(config.synthetic_patients, config.seed)  # rank 0 makes it; the others wait, then open it
+    if world > 1:
+        dist.barrier()
+    store = ECGStore(config.store if config.store else synthetic_store(config.synthetic_patients, config.seed))
+    train_rows = store.split_indices("train")
+    ok = usable(store.valid_length[train_rows], config.segment)
+    if not ok.all() and rank == 0:
+        log.info("%d of %d train records hold fewer than %d valid samples (one view): left out of pretraining",
+                 int((~ok).sum()), len(ok), config.segment)
+    train_rows = train_rows[ok]
+    patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]
+    sampler = PatientBatchSampler(store.patient_ids[train_rows], rank_batch, config.k_per_patient,
+                                  seed=config.seed, rank=rank, world_size=world, indices=train_rows)
+    loader = make_input(store, sampler, patient_codes, backend=config.loader, device=device, workers=config.workers)
+    provenance = pretraining_provenance(store, ["train"], train_rows)
+
+    encoder = DualStreamTemporalNet(temporalnet_config(config.model)).to(device)
+    model: torch.nn.Module = ContrastivePretrainer(encoder)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
+                                                          else None)
+    step_model = torch.compile(model) if use_compile else model
+    loss_fn = MultiPositiveContrastiveLoss(config=config.loss)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    steps_per_epoch = len(sampler)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    warmup_steps = max(1, min(total_steps, round(config.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+    buffers = [b for b in encoder.buffers() if b.is_floating_point() or b.dtype == torch.long]  # BatchNorm state
+
+    step, position, nonfinite, skipped = 0, 0, 0, 0  # position: batches consumed, skipped ones included
+    if resume:
+        ckpt = find_checkpoint(out)
+        if ckpt is None:
+            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (checkpoints/ckpt-*); "
+                                  "leave out --resume to start a new run")
+        load_weights(encoder, ckpt)
+        state = load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        step, position, skipped = int(state["step"]), int(state["position"]), int(state["skipped"])
+        log.info("resumed from %s at step %d", ckpt.name, step)
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(to_toml(config))
+    metrics = _MetricsLog(out / "metrics.csv", truncate_after=step if resume else 0) if rank == 0 else None
+    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    view_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    losses: list[float] = []
+    t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
+
+    def save() -> Path | None:
+        if rank != 0:
+            return None
+        state = {"step": step, "position": position, "skipped": skipped, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return save_checkpoint(out, step, encoder, state, config=to_dict(config), provenance=provenance)
+
+    model.train()
+    while step < total_steps:
+        epoch, start_batch = divmod(position, steps_per_epoch)
+        sampler.set_epoch(epoch, start_batch)
+        for samples, gain, baseline, record, patient in loader:
+            offset = position * world + rank  # this rank's randomness for this batch, the same after a resume
+            position += 1
+            valid = store.valid_length[record.cpu().numpy()]
+            views = make_views(samples.to(device, non_blocking=True), gain.to(device), baseline.to(device), valid,
+                               config.segment, config.views, config.augment, config.seed, offset, view_dtype)
+            b = views.shape[1]
+            saved = [t.detach().clone() for t in buffers]  # a skipped step must leave BatchNorm as it was
+            with autocast:
+                z = step_model(views.flatten(0, 1))  # (2B, 2 streams, proj_dim)
+            z = z.float().flatten(0, 1)  # rows (view, ecg, stream)
+            n_streams = z.shape[0] // (N_VIEWS * b)
+            loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, n_streams),
+                           row_ids(patient.to(device), N_VIEWS, n_streams))
+
+            loss_value = loss.detach().float()
+            if world > 1:  # every rank must skip together, or DDP's gradient all-reduce would hang
+                flag = torch.isfinite(loss_value).float()
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                loss_value = torch.where(flag > 0, loss_value, torch.full_like(loss_value, float("nan")))
+            value = loss_value.item()  # the step's one host synchronisation
+            if not math.isfinite(value):
+                nonfinite, skipped = nonfinite + 1, skipped + 1
+                with torch.no_grad():
+                    for t, s in zip(buffers, saved, strict=True):
+                        t.copy_(s)
+                optimizer.zero_grad(set_to_none=True)
+                if metrics is not None:
+                    metrics.write(step=step, epoch=epoch, loss=value, lr=None, grad_norm=None, ecgs_per_s=None,
+                                  skipped=skipped)
+                if nonfinite > config.max_nonfinite:
+                    raise NonFiniteLossError(f"loss was NaN/Inf for {nonfinite} consecutive steps (step {step}); "
+                                             "lower --lr, check the store for corrupt records, or disable bf16")
+                continue  # the step is skipped, not counted
+            nonfinite = 0
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            ecgs_since += b * world
+            losses.append(value)
+            measured = None
+            if step == 1 or step % config.log_every == 0 or step == total_steps:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                measured = ecgs_per_s = ecgs_since / (now - t_last)
+                t_last, ecgs_since = now, 0
+            if metrics is not None:
+                metrics.write(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0],
+                              grad_norm=float(grad_norm), ecgs_per_s=measured, skipped=skipped)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", ecg_s=f"{ecgs_per_s:.1f}")
+            if step % config.ckpt_every == 0 and step < total_steps:
+                save()
+            if step >= total_steps:
+                break
+    bar.close()
+    final = save()
+    if metrics is not None:
+        metrics.close()
+    if world > 1:
+        dist.barrier()
+        del model, step_model  # DDP's reducer holds gloo/NCCL work: release it while the group is alive
+        if owns_group:
+            dist.destroy_process_group()  # an undestroyed group can abort the process at exit
+    return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
+            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch}
+
+
+class _MetricsLog:
+    """metrics.csv (and TensorBoard where installed). On resume, rows after the checkpoint's step are dropped.
+
+    One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips;
+    ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``).
+    """
+
+    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
+
+    def __init__(self, path: Path, truncate_after: int):
+        rows = []
+        if truncate_after > 0 and path.exists():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= truncate_after]
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.file.flush()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"))
+        except Exception:  # tensorboard not installed: CSV only
+            self.tb = None
+
+    def write(self, **row) -> None:
+        self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        self.file.flush()
+        if self.tb is not None:
+            for k in ("loss", "lr", "grad_norm", "ecgs_per_s"):
+                if row[k] is not None and math.isfinite(row[k]):
+                    self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+__all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "prepare_run_folder",
+           "pretrain"]
