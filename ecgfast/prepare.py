@@ -1,22 +1,27 @@
 """ecgfast-prepare: ECG collections in, one checked memory-mapped store out.
 
-The run is planned first: every source's records are enumerated (no signal read), duplicate record ids
-are rejected, and the list is cut into shards of ``shard_size`` records. Worker processes then read,
-check and preprocess one shard each and write it atomically (``shards/NNNNN.npy`` then its part file
-``.parts/NNNNN.json``). An interrupted run resumes: shards whose part file exists are not redone, and a
-plan that differs from the interrupted one (other sources, settings) is refused instead of mixed in.
-Finally the manifest gets its patient-level splits and ``store.json`` is written last: a store without
-it is incomplete and ECGStore refuses to open it.
+The run is planned first: every source's records are enumerated (no signal read), patient ids are cleaned and
+scoped by source (:mod:`ecgfast.data.patients`), duplicate record ids are rejected, and the list is cut into
+shards of ``shard_size`` records. Worker processes (which die with this one) then read, check and preprocess one
+shard each and write it atomically (``shards/NNNNN.npy`` then its part file ``.parts/NNNNN.json``, each fsync'ed
+before its rename). An interrupted run resumes: shards whose part file exists are not redone, temporaries a
+killed run left are removed, and a plan that differs from the interrupted one (other sources, settings) is
+refused instead of mixed in. Finally the manifest gets its patient-level splits, ``store.json`` is written last
+(a store without it is incomplete and ECGStore refuses to open it), and ``.parts/`` is removed.
+
+The output folder is guarded by :mod:`ecgfast.data.store_folder`: prepare writes only into a folder it made,
+``--overwrite`` deletes only what prepare wrote, and no source may lie inside the output or around it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -32,29 +37,58 @@ from tqdm.auto import tqdm
 
 from ecgfast import LEADS
 
+from .data import store_folder
+from .data.patients import clean_patient_id, patient_keys, source_names
 from .data.preprocess import PreprocessConfig, preprocess
 from .data.readers.base import Reader, SourceItem
 from .data.record import RecordError, RejectReason
-from .data.splits import fold_splits, hash_splits
-from .data.store import FORMAT, VERSION, StoreError, shard_name, write_json_atomic, write_shard
+from .data.splits import check_patient_disjoint, column_splits, hash_splits
+from .data.store import FORMAT, VERSION, StoreError, atomic_path, shard_name, write_json_atomic, write_shard
+from .data.worker_lifetime import die_with_parent
 
 log = logging.getLogger("ecgfast.prepare")
+
+SPLIT_METHODS = ("auto", "hash", "strat_fold", "column")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """How records get their split: ``hash`` of (seed, patient id) with fractions, or PTB-XL ``strat_fold``."""
+    """How records get their split.
 
-    method: str = "hash"
+    Attributes:
+        method: "hash" of (seed, patient id) with ``fractions``; "column": from the meta value ``column`` of each
+            record (fold numbers, ``val_folds``/``test_folds`` and the rest train; or the words train/val/test);
+            "strat_fold": "column" on PTB-XL's ``strat_fold``; "auto" (default): the sources' own split column
+            where they all name the same one (the ptbxl-subset layout: ``strat_fold``), else "hash".
+    """
+
+    method: str = "auto"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     val_folds: tuple[int, ...] = (9,)
     test_folds: tuple[int, ...] = (10,)
+    column: str = "strat_fold"
+
+    def __post_init__(self) -> None:
+        if self.method not in SPLIT_METHODS:
+            raise ValueError(f"unknown split method {self.method!r}; use one of {SPLIT_METHODS}")
+
+    def resolve(self, readers: Sequence[Reader]) -> SplitConfig:
+        """This config with "auto" and "strat_fold" turned into "hash" or "column"."""
+        if self.method == "strat_fold":
+            return dataclasses.replace(self, method="column", column="strat_fold")
+        if self.method != "auto":
+            return self
+        columns = {getattr(r, "default_split_column", None) for r in readers}
+        if len(columns) == 1 and None not in columns:
+            return dataclasses.replace(self, method="column", column=columns.pop())
+        return dataclasses.replace(self, method="hash")
 
 
 @dataclass
 class PrepareReport:
-    """found == accepted + rejected; ``by_reason`` counts rejects; ``rejects`` lists (record_id, reason, message)."""
+    """found == accepted + rejected; ``by_reason`` counts rejects; ``rejects`` lists one dict per reject
+    (record_id, input, source, reason, message; paths relative to their source, patient ids redacted)."""
 
     found: int = 0
     accepted: int = 0
@@ -63,41 +97,62 @@ class PrepareReport:
     rejects: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     resumed_shards: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    units: str = "mV"
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_reason.items())) or "none"
+        splits = ", ".join(f"{k} {self.splits[k]}" for k in ("train", "val", "test") if k in self.splits)
         return (f"found {self.found} records: {self.accepted} accepted, {self.rejected} rejected ({reasons}); "
-                f"{self.seconds:.1f} s")
+                f"splits: {splits or 'none'}; units {self.units}; {self.seconds:.1f} s")
 
 
 # ---- planning ----------------------------------------------------------------------------------------------
 
+Planned = tuple[int, SourceItem, str]  # (reader index, item, patient namespace)
+
+
 def plan_items(readers: Sequence[Reader], patient_map: dict[str, str] | None = None
-               ) -> tuple[list[tuple[int, SourceItem]], list[dict]]:
-    """Enumerate all readers' items; returns (kept (reader index, item) pairs, duplicate-id rejects)."""
-    seen: dict[str, str] = {}
+               ) -> tuple[list[Planned], list[dict]]:
+    """Enumerate all readers' items; returns (kept (reader index, item, patient namespace), duplicate-id rejects).
+
+    Patient ids are cleaned (:func:`~ecgfast.data.patients.clean_patient_id`); an id from ``patient_map`` has
+    the empty namespace (one id space across sources), any other the name of its source.
+    """
+    names = source_names([r.format_name for r in readers])
+    seen: dict[str, tuple[int, str]] = {}
     kept, dupes = [], []
     for ri, reader in enumerate(readers):
         for item in reader.items():
-            if patient_map and item.record_id in patient_map:
-                item.patient_id = patient_map[item.record_id]
+            mapped = clean_patient_id(patient_map.get(item.record_id)) if patient_map else None
+            item.patient_id = mapped or clean_patient_id(item.patient_id)
             if item.record_id in seen:
-                dupes.append({"record_id": item.record_id, "source": item.locator,
+                other, where = seen[item.record_id]
+                dupes.append({"record_id": item.record_id, "input": names[ri], "source": reader.redact(item.locator),
                               "reason": RejectReason.DUPLICATE_ID.value,
-                              "message": f"record {item.record_id}: id already taken by {seen[item.record_id]}"})
+                              "message": f"record {item.record_id}: id already taken by "
+                                         f"{names[other]}:{readers[other].redact(where)}"})
                 continue
-            seen[item.record_id] = item.locator
-            kept.append((ri, item))
+            seen[item.record_id] = (ri, item.locator)
+            kept.append((ri, item, "" if mapped else names[ri]))
     return kept, dupes
 
 
-def _fingerprint(items: list[tuple[int, SourceItem]], readers: Sequence[Reader], config: PreprocessConfig,
-                 shard_size: int) -> str:
+def _fingerprint(items: list[Planned], readers: Sequence[Reader], config: PreprocessConfig, shard_size: int) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([r.describe() for r in readers] + [config.to_dict(), shard_size], default=str).encode())
-    for ri, it in items:
-        h.update(f"{ri}\x00{it.record_id}\x00{it.locator}\x00{it.patient_id}\n".encode())
+    for ri, it, ns in items:
+        h.update(f"{ri}\x00{it.record_id}\x00{it.locator}\x00{ns}\x00{it.patient_id}\n".encode())
     return h.hexdigest()
+
+
+def _store_units(readers: Sequence[Reader], config: PreprocessConfig) -> PreprocessConfig:
+    """``config`` with the units the readers yield; a store holds one unit, so readers must agree."""
+    units = {getattr(r, "signal_units", "mV") for r in readers} or {config.units}
+    if len(units) > 1:
+        raise ValueError(f"the sources yield different units ({', '.join(sorted(units))}); a store holds one: "
+                         "prepare normalised and millivolt sources into separate stores")
+    return dataclasses.replace(config, units=units.pop())
 
 
 # ---- the work of one shard (runs in a worker process) -------------------------------------------------------
@@ -105,36 +160,51 @@ def _fingerprint(items: list[tuple[int, SourceItem]], readers: Sequence[Reader],
 _WORKER: dict = {}
 
 
-def _init_worker(readers: Sequence[Reader], config: PreprocessConfig) -> None:
-    _WORKER["readers"], _WORKER["config"] = readers, config
+def _init_worker(readers: Sequence[Reader], config: PreprocessConfig, parent_pid: int | None = None) -> None:
+    """Worker set-up: die with the parent (when it is another process), and private copies of the readers that
+    read at most the store's length."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
+    own = []
+    for reader in readers:
+        reader = copy.copy(reader)
+        reader.max_seconds = config.seconds
+        own.append(reader)
+    _WORKER["readers"], _WORKER["config"] = own, config
+    _WORKER["names"] = source_names([r.format_name for r in readers])
 
 
-def _process_shard(out: str, shard: int, items: list[tuple[int, SourceItem]]) -> dict:
+def _reject(ri: int, item: SourceItem, reason: str, message: str) -> dict:
+    reader = _WORKER["readers"][ri]
+    return {"record_id": item.record_id, "input": _WORKER["names"][ri], "source": reader.redact(item.locator),
+            "reason": reason, "message": reader.redact(message)}
+
+
+def _process_shard(out: str, shard: int, items: list[Planned]) -> dict:
     """Read, check and preprocess ``items``; write shard ``shard`` and its part file. Returns the part."""
     readers, config = _WORKER["readers"], _WORKER["config"]
     samples, rows, rejects = [], [], []
-    for ri, item in items:
+    for ri, item, ns in items:
         try:
             rec = readers[ri].read(item)
             prep = preprocess(rec, config)
         except RecordError as exc:
-            rejects.append({"record_id": item.record_id, "source": item.locator, "reason": exc.reason.value,
-                            "message": exc.message})
+            rejects.append(_reject(ri, item, exc.reason.value, exc.message))
             continue
         except Exception as exc:  # a reader bug or an unforeseen file: reject, never crash the run
-            rejects.append({"record_id": item.record_id, "source": item.locator,
-                            "reason": RejectReason.UNREADABLE.value,
-                            "message": f"record {item.record_id}: {type(exc).__name__}: {exc}"})
+            rejects.append(_reject(ri, item, RejectReason.UNREADABLE.value,
+                                   f"record {item.record_id}: {type(exc).__name__}: {exc}"))
             continue
-        rows.append({"record_id": rec.record_id, "source": rec.source, "patient_id": str(rec.patient_id),
+        rows.append({"record_id": rec.record_id, "source": rec.source,
+                     "patient_id": clean_patient_id(rec.patient_id) or rec.record_id, "patient_ns": ns,
                      "fs_source": float(rec.fs), "valid_length": prep.valid_length, "gain": prep.gain,
                      "baseline": prep.baseline, "labels": json.dumps(rec.labels, sort_keys=True),
                      "meta": json.dumps(rec.meta, sort_keys=True, default=str), "checksum": prep.checksum,
                      "shard": shard, "row": len(samples)})
         samples.append(prep.samples)
     block = np.stack(samples) if samples else np.zeros((0, len(LEADS), config.n_samples), np.int16)
-    write_shard(Path(out) / shard_name(shard), block)
-    part = {"shard": shard, "n": len(rows), "rows": rows, "rejects": rejects}
+    size = write_shard(Path(out) / shard_name(shard), block)
+    part = {"shard": shard, "n": len(rows), "bytes": size, "rows": rows, "rejects": rejects}
     write_json_atomic(Path(out) / ".parts" / f"{shard:05d}.json", part)  # written last: marks the shard done
     return {"shard": shard, "n": len(rows), "n_items": len(items)}
 
@@ -148,41 +218,61 @@ def prepare_store(readers: Sequence[Reader], out: str | os.PathLike, config: Pre
     """Build (or resume building) a store at ``out`` from ``readers``.
 
     Args:
-        readers: the sources; record ids must be unique across them (later duplicates are rejected).
-        out: the store folder.
+        readers: the sources; record ids must be unique across them (later duplicates are rejected). They must
+            yield one unit (``Reader.signal_units``), which becomes the store's (``config.units`` is set from it).
+        out: the store folder: new, empty, or made by an earlier prepare run (see :mod:`~ecgfast.data.store_folder`).
         config: preprocessing (rate, length, filters, checks); default 500 Hz, 10 s.
-        split: how splits are made; default: hash of patient id, 80/10/10.
+        split: how splits are made; default "auto": the sources' split column, else a hash of patient ids, 80/10/10.
         workers: processes (default: CPU count); 1 runs in this process.
         shard_size: records per shard (and per unit of parallel work).
-        patient_map: record id -> patient id, for sources that do not carry patient ids.
-        overwrite: delete an existing store or unfinished run at ``out`` first.
+        patient_map: record id -> patient id, for sources that do not carry patient ids; these ids are one id
+            space across all sources (see :mod:`ecgfast.data.patients`).
+        overwrite: delete what an earlier prepare run wrote at ``out`` first (never a folder prepare did not make,
+            never a file prepare did not write).
 
     Returns:
         PrepareReport, also written next to the store (prepare_report.json/.md, rejects.csv).
 
     Raises:
-        StoreError: ``out`` holds a finished store or another run's unfinished parts (and not ``overwrite``).
+        StoreError: ``out`` holds a finished store (and not ``overwrite``), another run's unfinished parts, files
+            that are not prepare's, a source (or lies inside one), or another prepare is writing it.
+        ValueError: sources of different units; bad ``shard_size``.
+        SplitError: a split column that would put one patient in two splits.
     """
     t0 = time.perf_counter()
-    config, split = config or PreprocessConfig(), split or SplitConfig()
+    readers = list(readers)
+    config = _store_units(readers, config or PreprocessConfig())
+    split = (split or SplitConfig()).resolve(readers)
     out = Path(out)
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    store_folder.check_not_nested(out, [p for r in readers for p in r.input_paths()])
     items, dupes = plan_items(readers, patient_map)
     fingerprint = _fingerprint(items, readers, config, shard_size)
     plan_path = out / ".parts" / "plan.json"
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    if (out / "store.json").exists():
-        raise StoreError(f"{out}: a finished store is already there; pass --overwrite to rebuild it")
-    if plan_path.exists() and json.loads(plan_path.read_text()).get("fingerprint") != fingerprint:
-        raise StoreError(f"{out}: holds an unfinished run with other sources or settings; "
-                         "pass --overwrite to discard it, or re-run with the same arguments to resume")
-    if out.exists() and any(p for p in out.iterdir() if p.name != ".parts"):
-        if not plan_path.exists():
-            raise StoreError(f"{out}: exists and is not an unfinished ecgfast store; choose another --out")
-    write_json_atomic(plan_path, {"fingerprint": fingerprint, "n_items": len(items), "shard_size": shard_size})
+    store_folder.claim(out)
+    with store_folder.exclusive(out):
+        if overwrite:
+            store_folder.clear_for_overwrite(out)
+        if (out / "store.json").exists():
+            store_folder.finish(out)  # a finished run killed before it removed .parts/
+            raise StoreError(f"{out}: a finished store is already there; pass --overwrite to rebuild it")
+        if not plan_path.exists() and any((out / n).exists() for n in ("shards", "manifest.parquet")):
+            raise StoreError(f"{out}: holds parts of a store but no store.json and no unfinished run to resume "
+                             "(damaged?); pass --overwrite to rebuild it")
+        if plan_path.exists() and json.loads(plan_path.read_text()).get("fingerprint") != fingerprint:
+            raise StoreError(f"{out}: holds an unfinished run with other sources or settings; "
+                             "pass --overwrite to discard it, or re-run with the same arguments to resume")
+        stale = store_folder.remove_temporaries(out)
+        if stale:
+            log.info("prepare: removed %d temporary file(s) an interrupted run left", stale)
+        write_json_atomic(plan_path, {"fingerprint": fingerprint, "n_items": len(items), "shard_size": shard_size})
+        report, n_shards = _run(readers, out, items, config, workers, shard_size, progress)
+        return _finalize(out, n_shards, report, dupes, config, split, t0)
 
+
+def _run(readers: list[Reader], out: Path, items: list[Planned], config: PreprocessConfig, workers: int | None,
+         shard_size: int, progress: bool) -> tuple[PrepareReport, int]:
     chunks = [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
     todo = [s for s in range(len(chunks)) if not (out / ".parts" / f"{s:05d}.json").exists()]
     report = PrepareReport(resumed_shards=len(chunks) - len(todo))
@@ -197,103 +287,144 @@ def prepare_store(readers: Sequence[Reader], out: str | os.PathLike, config: Pre
             bar.update(_process_shard(str(out), s, chunks[s])["n_items"])
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(list(readers), config)) as pool:
+                                 initargs=(readers, config, os.getpid())) as pool:
             futures = [pool.submit(_process_shard, str(out), s, chunks[s]) for s in todo]
             for fut in as_completed(futures):
                 bar.update(fut.result()["n_items"])
     bar.close()
-    return _finalize(out, len(chunks), dupes, config, split, report, t0)
+    return report, len(chunks)
 
 
-def _finalize(out: Path, n_shards: int, dupes: list[dict], config: PreprocessConfig, split: SplitConfig,
-              report: PrepareReport, t0: float) -> PrepareReport:
+def _finalize(out: Path, n_shards: int, report: PrepareReport, dupes: list[dict], config: PreprocessConfig,
+              split: SplitConfig, t0: float) -> PrepareReport:
     parts = [json.loads((out / ".parts" / f"{s:05d}.json").read_text()) for s in range(n_shards)]
     rows = [r for p in parts for r in p["rows"]]
     rejects = [r for p in parts for r in p["rejects"]] + dupes
-    manifest = pd.DataFrame(rows, columns=["record_id", "source", "patient_id", "fs_source", "valid_length", "gain",
-                                           "baseline", "labels", "meta", "checksum", "shard", "row"])
-    manifest = manifest.astype({"valid_length": "int64", "gain": "float32", "baseline": "int64", "shard": "int64",
-                                "row": "int64", "fs_source": "float64"})
+    manifest = pd.DataFrame(rows, columns=["record_id", "source", "patient_id", "patient_ns", "fs_source",
+                                           "valid_length", "gain", "baseline", "labels", "meta", "checksum", "shard",
+                                           "row"])
+    manifest = manifest.astype({"patient_id": str, "patient_ns": str, "valid_length": "int64", "gain": "float32",
+                                "baseline": "int64", "shard": "int64", "row": "int64", "fs_source": "float64"})
     manifest.insert(manifest.columns.get_loc("checksum"), "split", _splits(manifest, split))
-    manifest.to_parquet(out / "manifest.parquet.tmp", index=False)
-    os.replace(out / "manifest.parquet.tmp", out / "manifest.parquet")
+    keys = patient_keys(manifest["patient_id"], manifest["patient_ns"])
+    check_patient_disjoint(keys, manifest["split"], where=f"{out} (split {split.method})")
+    with atomic_path(out / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp, index=False)
 
     report.found = len(rows) + len(rejects)
     report.accepted, report.rejected = len(rows), len(rejects)
     report.by_reason = dict(Counter(r["reason"] for r in rejects))
     report.rejects = rejects
+    report.splits = {k: int(v) for k, v in manifest["split"].value_counts().items()}
+    report.units = config.units
     report.seconds = time.perf_counter() - t0
-    _write_report(out, report, manifest)
+    _write_report(out, report, manifest, keys)
+    _warn_unknown_patients(manifest, split)
     info = {"format": FORMAT, "version": VERSION, "leads": list(LEADS), "fs": config.fs,
-            "n_samples": config.n_samples, "dtype": "int16", "n_records": len(manifest),
-            "shards": [{"file": shard_name(p["shard"]), "n": p["n"]} for p in parts],
-            "preprocess": config.to_dict(), "split": split.__dict__,
+            "n_samples": config.n_samples, "dtype": "int16", "units": config.units, "n_records": len(manifest),
+            "shards": [{"file": shard_name(p["shard"]), "n": p["n"], "bytes": p["bytes"]} for p in parts],
+            "preprocess": config.to_dict(), "split": dataclasses.asdict(split),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json_atomic(out / "store.json", info)  # last: the store is complete
+    store_folder.finish(out)
     return report
 
 
 def _splits(manifest: pd.DataFrame, split: SplitConfig) -> np.ndarray:
     if len(manifest) == 0:
         return np.array([], dtype=object)
-    if split.method == "hash":
+    if split.method == "hash":  # the id as given: adding a source never moves a patient (see the README)
         return hash_splits(manifest["patient_id"], split.fractions, split.seed)
-    if split.method == "strat_fold":
-        folds = [json.loads(m).get("strat_fold") for m in manifest["meta"]]
-        return fold_splits(manifest["patient_id"], folds, split.val_folds, split.test_folds)
-    raise ValueError(f"unknown split method {split.method!r}; use 'hash' or 'strat_fold'")
+    keys = patient_keys(manifest["patient_id"], manifest["patient_ns"])
+    values = [json.loads(m).get(split.column) for m in manifest["meta"]]
+    return column_splits(keys, values, split.val_folds, split.test_folds)
 
 
-def _write_report(out: Path, report: PrepareReport, manifest: pd.DataFrame) -> None:
+def _warn_unknown_patients(manifest: pd.DataFrame, split: SplitConfig) -> None:
+    unknown = sum(json.loads(m).get("patient_id_known") is False for m in manifest["meta"])
+    if unknown and split.method == "hash":
+        log.warning("prepare: %d records have no patient id and are each their own patient; if some share a "
+                    "patient, a hash split can put that patient in two splits: pass --patients, or split by a "
+                    "patient-disjoint column (--split-column)", unknown)
+
+
+def _write_report(out: Path, report: PrepareReport, manifest: pd.DataFrame, keys: np.ndarray) -> None:
     """prepare_report.json (counts), prepare_report.md (for people), rejects.csv (one row per reject)."""
     counts = {k: v for k, v in report.__dict__.items() if k != "rejects"}
-    counts["splits"] = {k: int(v) for k, v in manifest["split"].value_counts().items()} if len(manifest) else {}
-    counts["patients"] = int(manifest["patient_id"].nunique()) if len(manifest) else 0
+    counts["patients"] = int(pd.Series(keys).nunique()) if len(manifest) else 0
     write_json_atomic(out / "prepare_report.json", counts)
     lines = ["# ecgfast-prepare report", "", f"- found: {report.found}", f"- accepted: {report.accepted}",
              f"- rejected: {report.rejected}", f"- patients: {counts['patients']}",
-             f"- splits: {counts['splits']}", "", "| reason | records |", "|---|---|"]
+             f"- splits: {counts['splits']}", f"- units: {report.units}", "", "| reason | records |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report.by_reason.items())]
     lines += ["", "Each rejected record, with what was wrong: rejects.csv"]
-    (out / "prepare_report.md").write_text("\n".join(lines) + "\n")
-    pd.DataFrame(report.rejects, columns=["record_id", "source", "reason", "message"]).to_csv(
-        out / "rejects.csv", index=False)
+    with atomic_path(out / "prepare_report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    with atomic_path(out / "rejects.csv") as tmp:
+        pd.DataFrame(report.rejects, columns=["record_id", "input", "source", "reason", "message"]).to_csv(
+            tmp, index=False)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .data.sources import FORMATS
 
     p = argparse.ArgumentParser(
         prog="ecgfast-prepare",
-        description="Read ECG collections (WFDB, CinC, PTB-XL, MIMIC-IV-ECG, CODE-15%, .npy, synthetic), check "
+        description="Read ECG collections (WFDB, CinC, PTB-XL, MIMIC-IV-ECG, CODE-15%%, .npy, synthetic), check "
                     "and preprocess every record, and write one memory-mapped int16 store with a manifest.",
         epilog="examples:\n  ecgfast-prepare /data/ptb-xl --out stores/ptbxl --split-by strat_fold\n"
                "  ecgfast-prepare /data/cinc2021/georgia /data/cinc2021/cpsc --out stores/cinc --workers 8\n"
+               "  ecgfast-prepare ../shared/data/ecg/ptbxl-subset --out stores/ptbxl-subset\n"
                "  ecgfast-prepare synthetic:500 --out stores/synthetic",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, record, .npy file, or synthetic[:N_PATIENTS]")
-    p.add_argument("--out", required=True, help="the store folder to write")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, record, .npy file, ptbxl-subset folder, or synthetic[:N_PATIENTS]")
+    p.add_argument("--out", required=True, help="the store folder to write (new, empty, or made by ecgfast-prepare)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detect)")
     p.add_argument("--fs", type=float, default=500.0, help="store sampling rate, Hz (default 500)")
     p.add_argument("--seconds", type=float, default=10.0, help="store record length, s (default 10)")
     p.add_argument("--min-seconds", type=float, default=5.0, help="reject records shorter than this (default 5)")
     p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass, Hz")
     p.add_argument("--notch", type=float, help="zero-phase powerline notch at this frequency, Hz (50 or 60)")
+    p.add_argument("--max-abs-mv", type=float, default=50.0,
+                   help="reject a record with a lead beyond +-this many mV: implausible_amplitude (default 50)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shard-size", type=int, default=1024, help="records per shard (default 1024)")
-    p.add_argument("--split-by", choices=("hash", "strat_fold"), default="hash",
-                   help="hash of patient id (default) or PTB-XL strat_fold (9 val, 10 test)")
+    p.add_argument("--split-by", choices=("auto", "hash", "strat_fold"), default="auto",
+                   help="hash of patient id, PTB-XL strat_fold (9 val, 10 test), or auto (default): the source's own "
+                        "split column where it has one (ptbxl-subset: strat_fold), else hash")
+    p.add_argument("--split-column", help="split by this column of the records' meta (a labels CSV column, "
+                                          "strat_fold): fold numbers (see --val-folds, --test-folds) or train/val/test")
+    p.add_argument("--val-folds", type=int, nargs="+", default=[9], help="folds of the val split (default 9)")
+    p.add_argument("--test-folds", type=int, nargs="+", default=[10], help="folds of the test split (default 10)")
     p.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--patients", help="CSV with columns record_id, patient_id for sources without patient ids")
+    p.add_argument("--patients", help="CSV with columns record_id, patient_id: one id space across all sources")
     p.add_argument("--rate", type=int, choices=(100, 500), help="PTB-XL: which files to read (default 500 Hz)")
-    p.add_argument("--patient-ids", help=".npy source: a .npy or .txt with one patient id per record")
-    p.add_argument("--array-fs", type=float, help=".npy source: its sampling rate, Hz")
-    p.add_argument("--array-leads", help=".npy source: comma-separated lead names of its L axis (default I,II,V1..V6)")
+    arrays = p.add_argument_group(".npy sources and ptbxl-subset folders")
+    arrays.add_argument("--array-fs", type=float, help="its sampling rate, Hz")
+    arrays.add_argument("--array-leads", help="comma-separated lead names of its L axis (default I,II,V1..V6)")
+    arrays.add_argument("--units", choices=("mV", "uV", "V", "z"),
+                        help="unit of its values (default mV; ptbxl-subset: z). z: normalised signals (z-scored per "
+                             "lead): amplitude checks in standard deviations, and the store records units z")
+    arrays.add_argument("--patient-ids", help="a .npy or .txt with one patient id per record")
+    arrays.add_argument("--labels", help="CSV with one row per record, in array order: labels, ids, meta")
+    arrays.add_argument("--record-id-column", help="--labels column of unique record ids (e.g. ecg_id)")
+    arrays.add_argument("--patient-id-column", help="--labels column of patient ids (default: none, each record "
+                                                    "its own patient)")
+    arrays.add_argument("--label-columns", help="comma-separated --labels columns that are labels "
+                                                "(default: every column whose cells are all 0 or 1)")
+    arrays.add_argument("--meta-columns", help="comma-separated --labels columns kept as meta (default: age,sex)")
     p.add_argument("--seed", type=int, default=0, help="synthetic source: generator seed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store or unfinished run at --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a store or unfinished run at --out (only in a folder ecgfast-prepare made, only "
+                        "its files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -305,13 +436,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.sources import open_source, read_patient_map
 
     try:
+        if args.patients:
+            store_folder.check_not_nested(args.out, [args.patients])
         patient_map = read_patient_map(args.patients) if args.patients else None
         options = {"rate": args.rate, "patient_ids": args.patient_ids, "fs": args.array_fs, "seed": args.seed,
-                   "lead_names": args.array_leads.split(",") if args.array_leads else None}
+                   "lead_names": _names(args.array_leads), "units": args.units, "labels": args.labels,
+                   "record_id_column": args.record_id_column, "patient_id_column": args.patient_id_column,
+                   "label_columns": _names(args.label_columns), "meta_columns": _names(args.meta_columns),
+                   "split_column": args.split_column}
         readers = [open_source(s, args.format, patient_map=patient_map, **options) for s in args.sources]
         config = PreprocessConfig(fs=args.fs, seconds=args.seconds, min_seconds=args.min_seconds,
-                                  bandpass=tuple(args.bandpass) if args.bandpass else None, notch=args.notch)
-        split = SplitConfig(method=args.split_by, fractions=tuple(args.split_fractions), seed=args.split_seed)
+                                  bandpass=tuple(args.bandpass) if args.bandpass else None, notch=args.notch,
+                                  max_abs_mv=args.max_abs_mv)
+        method = "column" if args.split_column else args.split_by
+        split = SplitConfig(method=method, fractions=tuple(args.split_fractions), seed=args.split_seed,
+                            val_folds=tuple(args.val_folds), test_folds=tuple(args.test_folds),
+                            column=args.split_column or "strat_fold")
         report = prepare_store(readers, args.out, config, split, workers=args.workers, shard_size=args.shard_size,
                                patient_map=patient_map, overwrite=args.overwrite, progress=not args.quiet)
     except (FileNotFoundError, ValueError, StoreError, ImportError) as exc:

@@ -106,15 +106,30 @@ def test_resume_after_a_crash_redoes_nothing_and_duplicates_nothing(tmp_path, mo
     pd.testing.assert_frame_equal(a.manifest.drop(columns="source"), b.manifest.drop(columns="source"))
 
 
-def test_refuses_to_mix_runs_or_overwrite_a_store(tmp_path):
+def test_refuses_to_mix_runs_or_overwrite_a_store(tmp_path, monkeypatch):
     _corpus(tmp_path)
     _run(tmp_path)
     with pytest.raises(StoreError, match="already there"):
         _run(tmp_path)
     _run(tmp_path, overwrite=True)
-    (tmp_path / "store" / "store.json").unlink()  # an unfinished run...
+    (tmp_path / "store" / "store.json").unlink()  # a store damaged after it was finished...
+    with pytest.raises(StoreError, match="damaged"):
+        _run(tmp_path)  # ...is not silently rebuilt over
+    real = prep._process_shard
+
+    def crash_on_second(out, shard, items):
+        if shard == 1:
+            raise KeyboardInterrupt
+        return real(out, shard, items)
+
+    monkeypatch.setattr(prep, "_process_shard", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, overwrite=True)  # an unfinished run...
+    monkeypatch.setattr(prep, "_process_shard", real)
     with pytest.raises(StoreError, match="other sources or settings"):
         _run(tmp_path, shard_size=7)  # ...is not resumed with other settings
+    _run(tmp_path)  # but with the same ones
+    ECGStore(tmp_path / "store", verify=True)
 
 
 def test_cli_end_to_end(tmp_path, capsys):

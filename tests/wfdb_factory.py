@@ -39,3 +39,15 @@ def write_digital_record(folder: Path, name: str, d_signal: np.ndarray, fs: floa
     wfdb.wrsamp(name, fs=fs, units=["mV"] * n, sig_name=sig_name or LEADS12[:n], d_signal=d_signal.astype(np.int16),
                 fmt=["16"] * n, adc_gain=[1000.0] * n, baseline=[0] * n, write_dir=str(folder))
     return folder / name
+
+
+def set_header_field(base: Path, line: int, field: int, value: str) -> None:
+    """Replace whitespace-separated field ``field`` of non-comment line ``line`` of ``base.hea`` (0 is the record
+    line, 1.. the signal lines) with ``value``, as a hostile or broken header would have it."""
+    hea = Path(str(base) + ".hea")
+    lines = hea.read_text().splitlines()
+    body = [i for i, ln in enumerate(lines) if ln.strip() and not ln.lstrip().startswith("#")]
+    tokens = lines[body[line]].split()
+    tokens[field] = value
+    lines[body[line]] = " ".join(tokens)
+    hea.write_text("\n".join(lines) + "\n")

@@ -3,11 +3,29 @@
 Order matters: the checks run on the source samples (resampling ringing would hide a flat or clipped
 lead), then resampling, optional zero-phase filters, crop/pad, and quantisation with a per-record gain.
 Stored value q relates to millivolts as ``mV = (q - baseline) / gain``.
+
+Units: a store holds millivolts ("mV") or normalised signals ("z": each lead in standard deviations, as a
+per-lead z-scored corpus is published). The amplitude checks are stated in the store's unit:
+
+=========================  ==========================  ==================================================
+check                      "mV"                        "z"
+=========================  ==========================  ==================================================
+flat lead (peak-to-peak)   below 0.01 mV               below 0.1 SD: only a lead that was constant
+implausible amplitude      a sample beyond +-50 mV     a sample beyond +-50 SD: not a z-scored ECG lead
+clipped (saturated)        0.25 s at the lead's max    the same: a plateau at the extremes has no unit
+                           or min value
+=========================  ==========================  ==================================================
+
+A per-lead z-scored lead has peak-to-peak of at least 2 SD, so a flat one can only be a lead that was constant
+before normalisation; and no sample of it can lie beyond sqrt(T - 1) SD of its mean (sqrt(4999) = 70.7 for 10 s
+at 500 Hz), while real 12-lead ECGs stay well inside 50 SD (at most 17.5 in the 1,819 PTB-XL ECGs of the
+shared subset): a larger value says the data is not what "z" declares (raw ADC counts, microvolts).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -16,7 +34,7 @@ from scipy import signal as sps
 
 from ecgfast import LEADS
 
-from .record import ECGRecord, RecordError, RejectReason
+from .record import SIGNAL_UNITS, ECGRecord, RecordError, RejectReason
 
 INT16_MAX = 32766  # one below the int16 limit, so rounding of the baseline can never clip
 
@@ -31,8 +49,12 @@ class PreprocessConfig:
         min_seconds: records shorter than this (at their own rate) are rejected as too short.
         bandpass: (low, high) Hz for a zero-phase Butterworth band-pass, or None.
         notch: powerline frequency (50 or 60 Hz) for a zero-phase notch, or None.
-        flat_mv: a lead whose peak-to-peak amplitude is below this (mV) is flat.
+        flat_mv: a lead whose peak-to-peak amplitude is below this (mV) is flat ("mV" stores).
         saturation_seconds: a lead that spends this long at exactly its max or min value is clipped.
+        max_abs_mv: a lead with a sample beyond +-this (mV) is no ECG: ``implausible_amplitude`` ("mV" stores).
+        units: the store's unit, "mV" or "z"; every record must come in it (see the module docstring).
+        flat_z: ``flat_mv`` for "z" stores, in standard deviations.
+        max_abs_z: ``max_abs_mv`` for "z" stores, in standard deviations.
     """
 
     fs: float = 500.0
@@ -42,14 +64,33 @@ class PreprocessConfig:
     notch: float | None = None
     flat_mv: float = 0.01
     saturation_seconds: float = 0.25
+    max_abs_mv: float = 50.0
+    units: str = "mV"
+    flat_z: float = 0.1
+    max_abs_z: float = 50.0
 
     @property
     def n_samples(self) -> int:
         return int(round(self.fs * self.seconds))
 
+    @property
+    def flat_limit(self) -> float:
+        """Peak-to-peak below which a lead is flat, in the store's unit."""
+        return self.flat_z if self.units == "z" else self.flat_mv
+
+    @property
+    def amplitude_limit(self) -> float:
+        """Absolute value beyond which a sample is no ECG, in the store's unit."""
+        return self.max_abs_z if self.units == "z" else self.max_abs_mv
+
     def __post_init__(self) -> None:
-        if self.fs <= 0 or self.seconds <= 0 or self.min_seconds < 0:
+        if not all(math.isfinite(v) for v in (self.fs, self.seconds, self.min_seconds)) \
+                or self.fs <= 0 or self.seconds <= 0 or self.min_seconds < 0:
             raise ValueError(f"fs, seconds must be > 0 and min_seconds >= 0, got {self}")
+        if self.units not in SIGNAL_UNITS:
+            raise ValueError(f"units must be one of {SIGNAL_UNITS}, got {self.units!r}")
+        if not (self.max_abs_mv > 0 and self.max_abs_z > 0 and self.flat_mv >= 0 and self.flat_z >= 0):
+            raise ValueError(f"amplitude limits must be positive, got {self}")
         if self.bandpass is not None:
             lo, hi = self.bandpass
             if not 0 <= lo < hi < self.fs / 2:
@@ -73,10 +114,11 @@ class PreparedRecord:
 
 
 def check_signal(signal: np.ndarray, fs: float, record_id: str, config: PreprocessConfig) -> None:
-    """Reject unusable signals: too short, NaN/Inf, flat leads, clipped (saturated) leads.
+    """Reject unusable signals: bad rate, too short, NaN/Inf, flat leads, implausible amplitudes, clipped leads.
 
     Args:
-        signal: (8, T) float millivolts in ecgfast lead order, at its source rate ``fs``.
+        signal: (8, T) float values in ``config.units`` (millivolts by default), ecgfast lead order, at its
+            source rate ``fs``.
     Raises:
         RecordError naming the record, the lead and the measured value.
     """
@@ -92,9 +134,15 @@ def check_signal(signal: np.ndarray, fs: float, record_id: str, config: Preproce
         raise RecordError(RejectReason.NON_FINITE,
                           f"record {record_id}: {int((~finite).sum())} NaN/Inf samples in lead(s) {', '.join(bad)}")
     hi, lo = signal.max(axis=1), signal.min(axis=1)  # (8,)
-    for i in np.where(hi - lo < config.flat_mv)[0]:
+    unit = "SD" if config.units == "z" else "mV"
+    for i in np.where(hi - lo < config.flat_limit)[0]:
         raise RecordError(RejectReason.FLAT_LEAD,
-                          f"record {record_id}: lead {LEADS[i]} is flat (peak-to-peak {hi[i] - lo[i]:.4f} mV)")
+                          f"record {record_id}: lead {LEADS[i]} is flat (peak-to-peak {hi[i] - lo[i]:.4f} {unit})")
+    peak = np.maximum(hi, -lo)  # (8,) largest absolute value per lead
+    for i in np.where(peak > config.amplitude_limit)[0]:
+        raise RecordError(RejectReason.IMPLAUSIBLE_AMPLITUDE,
+                          f"record {record_id}: lead {LEADS[i]} reaches {peak[i]:.4g} {unit}, beyond the "
+                          f"{config.amplitude_limit:g} {unit} an ECG can be (wrong gain or unit in the source?)")
     # Time at exactly the lead's extreme values: clipping by an ADC or an amplifier shows as plateaus there.
     at_extreme = ((signal == hi[:, None]) | (signal == lo[:, None])).sum(axis=1)  # (8,)
     limit = config.saturation_seconds * fs
@@ -161,8 +209,11 @@ def preprocess(record: ECGRecord, config: PreprocessConfig) -> PreparedRecord:
     """Check, resample, filter, fit and quantise one record.
 
     Raises:
-        RecordError: the record is unusable (see :func:`check_signal`).
+        RecordError: the record is unusable (see :func:`check_signal`), or its units are not the store's.
     """
+    if record.units != config.units:
+        raise RecordError(RejectReason.HEADER_MISMATCH, f"record {record.record_id}: signal in {record.units!r}, "
+                                                        f"the store holds {config.units!r}")
     signal = np.asarray(record.signal, dtype=np.float32)
     check_signal(signal, record.fs, record.record_id, config)
     x = resample(signal, record.fs, config.fs)

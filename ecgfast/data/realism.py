@@ -23,8 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.signal as sps
+from tqdm.auto import tqdm
 
 from ecgfast import LEADS
+
+from .readers.base import Reader
 
 #: Dower matrix D (8, 3) and inverse Dower matrix D_inv (3, 8), METHOD.md.
 DOWER = np.array([[0.632, -0.235, 0.059], [0.235, 1.066, -0.132], [-0.515, 0.157, -0.917],
@@ -220,7 +223,7 @@ def plot_examples(synthetic: Sequence[tuple[str, np.ndarray, float]], real: Sequ
                 ax.axis("off")
                 continue
             name, x, fs = records[row]
-            x = sps.sosfiltfilt(_sos("highpass", fs, 0.67), x, axis=1)
+            x = sps.sosfiltfilt(_sos("highpass", fs, 0.67), x, axis=1, padtype="even")  # no swing at a cut QRS
             t = np.arange(x.shape[1]) / fs
             ax.plot(t, (x + offsets[:, None]).T, lw=0.5, color="black")
             ax.set_title(f"{title}: {name}", fontsize=9, loc="left")
@@ -235,19 +238,24 @@ def plot_examples(synthetic: Sequence[tuple[str, np.ndarray, float]], real: Sequ
     plt.close(fig)
 
 
-def compare(reader, folder: str | Path, png: str | Path | None = None, seed: int = 0, n_plot: int = 10) -> str:
-    """Statistics of every record of ``reader`` (a Reader) and of the WFDB records in ``folder``, as a
-    Markdown table; with ``png``, also the plot of ``n_plot`` random records of each."""
+def compare(reader: Reader, folder: str | Path, png: str | Path | None = None, seed: int = 0, n_plot: int = 10,
+            progress: bool = True) -> str:
+    """Statistics of every record of ``reader`` and of the WFDB records in ``folder``, as a Markdown table;
+    with ``png``, also the plot of ``n_plot`` random records of each.
+
+    Raises:
+        FileNotFoundError: ``folder`` holds no WFDB record with the 8 leads.
+    """
     items = list(reader.items())
     synthetic, syn_stats = [], []
-    for item in items:
+    for item in tqdm(items, desc=reader.format_name, unit="rec", disable=not progress):
         rec = reader.read(item)
         syn_stats.append(record_stats(rec.signal, rec.fs))
         synthetic.append((item.record_id, rec.signal, rec.fs))
     real = read_real(folder)
     if not real:
         raise FileNotFoundError(f"{folder}: no WFDB record with the leads {', '.join(LEADS)}")
-    real_stats = [record_stats(x, fs) for _, x, fs in real]
+    real_stats = [record_stats(x, fs) for _, x, fs in tqdm(real, desc="real", unit="rec", disable=not progress)]
     if png is not None:
         rng = np.random.default_rng(seed)
         pick_s = rng.choice(len(synthetic), min(n_plot, len(synthetic)), replace=False)

@@ -9,8 +9,11 @@ import numpy as np
 
 from ecgfast import LEADS
 
+#: units a record's signal (and so a store) can be in: millivolts, or "z" for normalised signals
+SIGNAL_UNITS: tuple[str, ...] = ("mV", "z")
 
-class RejectReason(str, Enum):
+
+class RejectReason(str, Enum):  # noqa: UP042 (enum.StrEnum needs Python 3.11; we support 3.10)
     """Why a record was kept out of the store. The value is what the prepare report prints."""
 
     UNREADABLE = "unreadable"  # file missing, corrupt, wrong format, reader raised
@@ -21,7 +24,10 @@ class RejectReason(str, Enum):
     FLAT_LEAD = "flat_lead"  # a lead is constant
     SATURATED_LEAD = "saturated_lead"  # a lead sits at its extreme for too long (clipping)
     TOO_SHORT = "too_short"  # shorter than the minimum duration
-    BAD_SAMPLING_RATE = "bad_sampling_rate"  # missing, zero or negative rate
+    BAD_SAMPLING_RATE = "bad_sampling_rate"  # missing, zero, negative or non-numeric rate
+    BAD_GAIN = "bad_gain"  # a header gain that is missing, zero (uncalibrated), negative, non-finite or absurd
+    IMPLAUSIBLE_AMPLITUDE = "implausible_amplitude"  # a lead's peak beyond what an ECG can be (50 mV by default)
+    UNSAFE_FILE = "unsafe_file"  # a file that is not a regular file inside the input folder (FIFO, symlink out)
     DUPLICATE_ID = "duplicate_id"  # a record with the same id was already accepted
 
 
@@ -50,6 +56,8 @@ class ECGRecord:
         source: where it came from (file path, or ``"array:<index>"``).
         labels: task name -> value (binary 0/1 or a number), e.g. ``{"dx:426177001": 1}``.
         meta: anything else worth keeping (age, sex, strat_fold, ...), JSON-serialisable values.
+        units: unit of ``signal``: "mV" (the default; what every physical source is converted to) or "z"
+            (normalised: each lead in standard deviations, no physical amplitude).
     """
 
     record_id: str
@@ -59,10 +67,13 @@ class ECGRecord:
     source: str
     labels: dict[str, float] = field(default_factory=dict)
     meta: dict[str, object] = field(default_factory=dict)
+    units: str = "mV"
 
     def __post_init__(self) -> None:
         if self.signal.ndim != 2 or self.signal.shape[0] != len(LEADS):
             raise ValueError(f"record {self.record_id}: signal must be (8, T), got {tuple(self.signal.shape)}")
+        if self.units not in SIGNAL_UNITS:
+            raise ValueError(f"record {self.record_id}: units must be one of {SIGNAL_UNITS}, got {self.units!r}")
 
     @property
     def n_samples(self) -> int:

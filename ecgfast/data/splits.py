@@ -62,6 +62,30 @@ def fold_splits(patient_ids: Sequence[str], folds: Sequence[float], val_folds: S
     return out
 
 
+def column_splits(patient_ids: Sequence[str], values: Sequence[object], val_folds: Sequence[int] = (9,),
+                  test_folds: Sequence[int] = (10,)) -> np.ndarray:
+    """Split from a per-record column: the words train/val/test as they are, or fold numbers (see
+    :func:`fold_splits`).
+
+    Raises:
+        SplitError: a record without a value, a value that is neither a split name nor a number, or a patient
+            whose records carry different splits.
+    """
+    text = pd.Series(list(values), dtype=object).map(lambda v: None if v is None else str(v).strip().lower())
+    if text.isin(SPLITS).all():
+        out = text.to_numpy(dtype=object)
+        mixed = pd.DataFrame({"p": np.asarray(patient_ids, dtype=str), "s": out}).groupby("p")["s"].nunique()
+        if (mixed > 1).any():
+            raise SplitError(f"{int((mixed > 1).sum())} patients have records in different splits of the column")
+        return out
+    numbers = pd.to_numeric(pd.Series(list(values), dtype=object), errors="coerce")
+    bad = numbers.isna() & text.notna()
+    if bad.any():
+        raise SplitError(f"{int(bad.sum())} records have a split value that is neither train/val/test nor a fold "
+                         f"number, e.g. {text[bad].iat[0]!r}")
+    return fold_splits(patient_ids, numbers.tolist(), val_folds, test_folds)
+
+
 def check_patient_disjoint(patient_ids: Sequence[str], splits: Sequence[str], where: str = "store") -> None:
     """Raise SplitError if any patient has records in more than one split. Never prints patient ids."""
     df = pd.DataFrame({"p": np.asarray(patient_ids, dtype=str), "s": np.asarray(splits, dtype=str)})

@@ -2,14 +2,21 @@
 
 Layout of a store folder::
 
-    store.json          format, leads, fs, n_samples, shards and their sizes, preprocessing; written last
-    manifest.parquet    record_id, source, patient_id, fs_source, valid_length, gain, baseline,
+    store.json          format, leads, fs, n_samples, units, shards (records and bytes), preprocessing;
+                        written last
+    manifest.parquet    record_id, source, patient_id, patient_ns, fs_source, valid_length, gain, baseline,
                         labels (JSON), meta (JSON), split, checksum, shard, row
     shards/00000.npy    (n_i, 8, n_samples) int16, C order: one record is one contiguous 2*8*T byte block
     prepare_report.*    what prepare found, accepted and rejected (by reason), rejects.csv
 
-A record's millivolts are ``(q - baseline) / gain``. Shards are opened with ``np.load(mmap_mode="r")``, so a
-store of a million records (about 80 GB) is used without loading it: only the rows read are paged in.
+A record's values are ``(q - baseline) / gain`` in the store's unit (``store.json`` ``units``): millivolts,
+or ``z`` for normalised signals (each lead in standard deviations). Shards are opened with
+``np.load(mmap_mode="r")``, so a store of a million records (about 80 GB) is used without loading it: only the
+rows read are paged in.
+
+Durability: every file is written under a temporary name, fsync'ed, renamed into place, and its folder
+fsync'ed, so a power cut leaves either the old file or the complete new one; ``ECGStore`` compares each shard's
+size on disk with ``store.json`` when it opens a store (cheap) and every record's checksum with ``verify``.
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ import pandas as pd
 
 from ecgfast import LEADS
 
+from .patients import patient_keys
 from .preprocess import checksum
+from .record import SIGNAL_UNITS
 from .splits import SPLITS, check_patient_disjoint
 
 FORMAT = "ecgfast-store"
 VERSION = 1
 MANIFEST_COLUMNS = ("record_id", "source", "patient_id", "fs_source", "valid_length", "gain", "baseline",
                     "labels", "meta", "split", "checksum", "shard", "row")
+#: units a store can hold: millivolts, or "z" (normalised: each lead in standard deviations, no physical unit)
+STORE_UNITS = SIGNAL_UNITS
 
 
 _UMASK = os.umask(0)
@@ -49,9 +60,34 @@ class StoreError(RuntimeError):
     """A store that is missing, incomplete, corrupt or inconsistent. The message says which file and what."""
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to the disk (``os.fsync``).
+
+    A folder must be fsync'ed after a rename into it, or the rename can be lost in a power cut. Where a folder
+    cannot be opened or fsync'ed (Windows, some network filesystems) that step is skipped: nothing better exists.
+    """
+    is_dir = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if is_dir else 0))
+    except OSError:
+        if is_dir:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not is_dir:
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path in the same folder; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path in the same folder; if the block succeeds, make it durable and rename it onto
+    ``path``: fsync the file, ``os.replace``, fsync the folder. A crash or power cut at any point leaves either
+    the old ``path`` or the complete new one, never a half-written or zero-length file under the final name.
+    The temporary (``.<name>.<random>.tmp``) is removed when the block fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -59,23 +95,29 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         give_usual_mode(tmp)  # mkstemp makes 0600 files
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
+    """Write ``obj`` as indented JSON to ``path`` through :func:`atomic_path` (fsync'ed, renamed)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_shard(path: str | os.PathLike, samples: np.ndarray) -> None:
-    """Write an (n, 8, T) int16 shard as .npy, atomically."""
+def write_shard(path: str | os.PathLike, samples: np.ndarray) -> int:
+    """Write an (n, 8, T) int16 shard as .npy through :func:`atomic_path`; returns its size in bytes."""
     if samples.dtype != np.int16 or samples.ndim != 3:
         raise ValueError(f"shard must be (n, 8, T) int16, got {samples.shape} {samples.dtype}")
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(samples))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(samples))
+        size = os.path.getsize(tmp)
+    return size
 
 
 def shard_name(index: int) -> str:
@@ -90,13 +132,18 @@ class ECGStore:
         verify: also recompute every record's checksum (reads the whole store; slow on big stores).
 
     Raises:
-        StoreError: missing or unreadable files, shards whose shape or dtype disagrees with the manifest,
+        StoreError: missing or unreadable files, shards whose size, shape or dtype disagrees with store.json,
             duplicate record ids, a split that mixes patients, checksum mismatches (with ``verify``).
+
+    Attributes:
+        fs, n_samples, leads: the store's rate, record length and lead order.
+        units: "mV" (millivolts) or "z" (normalised signals: each lead in standard deviations); what
+            :meth:`read_mv` returns. Stores written before units were recorded are "mV".
 
     Example::
 
         store = ECGStore("stores/ptbxl")
-        x = store.read_mv(store.split_indices("train")[:32])   # (32, 8, 5000) float32 mV
+        x = store.read_mv(store.split_indices("train")[:32])   # (32, 8, 5000) float32, in store.units
     """
 
     def __init__(self, path: str | os.PathLike, verify: bool = False):
@@ -117,6 +164,9 @@ class ECGStore:
         self.leads = tuple(self.info["leads"])
         if self.leads != LEADS:
             raise StoreError(f"{info_path}: leads {self.leads}, expected {LEADS}")
+        self.units = str(self.info.get("units", "mV"))
+        if self.units not in STORE_UNITS:
+            raise StoreError(f"{info_path}: units {self.units!r}, expected one of {STORE_UNITS}")
         try:
             self.manifest = pd.read_parquet(self.path / "manifest.parquet")
         except Exception as exc:
@@ -133,9 +183,21 @@ class ECGStore:
             self.verify()
 
     def _open_shards(self) -> list[np.ndarray]:
+        """Memory-map every shard after comparing its size on disk with store.json (a stat per shard: cheap).
+
+        A shard cut short or grown (a power cut before its data reached the disk, a copy that stopped, bytes
+        appended) is refused here; a shard of the right size with other bytes is what ``verify`` catches.
+        """
         shards = []
         for entry in self.info["shards"]:
             p = self.path / entry["file"]
+            try:
+                size = os.stat(p).st_size
+            except OSError as exc:
+                raise StoreError(f"{p}: cannot open shard: {exc}") from exc
+            if "bytes" in entry and size != int(entry["bytes"]):
+                raise StoreError(f"{p}: shard has {size} bytes on disk, store.json says {int(entry['bytes'])} "
+                                 "(cut short or altered after prepare wrote it; re-run ecgfast-prepare --overwrite)")
             try:
                 mm = np.load(p, mmap_mode="r")
             except Exception as exc:
@@ -143,6 +205,9 @@ class ECGStore:
             want = (int(entry["n"]), len(LEADS), self.n_samples)
             if mm.dtype != np.int16 or mm.shape != want:
                 raise StoreError(f"{p}: shard is {mm.shape} {mm.dtype}, store.json says {want} int16")
+            if size != mm.offset + mm.nbytes:  # stores written before store.json kept sizes
+                raise StoreError(f"{p}: shard has {size} bytes on disk, its {mm.shape} int16 samples need "
+                                 f"{mm.offset + mm.nbytes}")
             shards.append(mm)
         return shards
 
@@ -163,7 +228,8 @@ class ECGStore:
             raise StoreError(f"{where}: row index beyond its shard's size")
         if len(m) != sizes.sum() or pd.Series(shard * (1 << 32) + row).duplicated().any():
             raise StoreError(f"{where}: manifest rows do not map one-to-one onto the {sizes.sum()} shard rows")
-        check_patient_disjoint(m["patient_id"], m["split"], where=str(where))
+        self._patient_keys = patient_keys(m["patient_id"], m["patient_ns"] if "patient_ns" in m.columns else None)
+        check_patient_disjoint(self._patient_keys, m["split"], where=str(where))
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -187,7 +253,8 @@ class ECGStore:
         return out
 
     def read_mv(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Millivolts of records ``indices``: (B, 8, T) float32, ``(q - baseline) / gain``."""
+        """Values of records ``indices``: (B, 8, T) float32, ``(q - baseline) / gain``, in :attr:`units`
+        (millivolts for an "mV" store; standard deviations for a "z" store)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         q = self.read(idx).astype(np.float32)
         q -= self.baseline[idx, None, None]
@@ -202,8 +269,13 @@ class ECGStore:
 
     @property
     def patient_ids(self) -> np.ndarray:
-        """(N,) patient id per record. Opaque: never log these."""
-        return self.manifest["patient_id"].to_numpy()
+        """(N,) patient key per record: records are one patient exactly when their keys are equal.
+
+        The key is the manifest's ``patient_id`` scoped by its source, ``"<patient_ns>:<patient_id>"``
+        (``"ptbxl:15709"``), or the id alone for ids given by ``--patients`` (empty namespace) and for stores
+        written before namespaces existed. See :mod:`ecgfast.data.patients`. Opaque: never log these.
+        """
+        return self._patient_keys
 
     def label_names(self) -> list[str]:
         """Every label name that appears in at least one record, sorted."""

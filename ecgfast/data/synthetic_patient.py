@@ -108,7 +108,7 @@ def patient_state(seed: int, patient: int) -> PatientState:
     af_burden = (rng.uniform(0.9, 1.0) if af_u < af_risk else rng.uniform(0.15, 0.4) if af_u < 2 * af_risk else 0.0)
     flutter_burden = rng.uniform(0.5, 0.9) if rng.random() < 0.02 else 0.0
     ectopy = rng.lognormal(np.log([0.0012, 0.005]), [1.5, 1.9]) * np.array([1.0 + 1.5 * max(cm, 0.0), 1.0])  # PVC, PAC
-    ckd = bool(rng.random() < 0.25 + 0.1 * old)
+    ckd = bool(rng.random() < 0.23 + 0.1 * old + 0.12 * (cm > 1.0))  # kidney and heart failure go together
     return PatientState(
         age=age, female=female, rotation=rotation, field=field, local=local, dirs=dirs, shape=shape,
         conduction=conduction, infarct=infarct, lvh=lvh, paced=paced,

@@ -8,9 +8,11 @@ indices, never open file handles.
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..record import ECGRecord, RecordError, RejectReason
 
@@ -65,9 +67,21 @@ class SourceItem:
 
 
 class Reader(ABC):
-    """A source of ECG records. Subclasses set ``format_name`` and implement ``items`` and ``read``."""
+    """A source of ECG records. Subclasses set ``format_name`` and implement ``items`` and ``read``.
+
+    Class attributes with defaults that subclasses may override:
+        signal_units: the unit of the signals ``read`` yields: "mV" (every physical source converts to it) or
+            "z" (normalised signals, :class:`~ecgfast.data.readers.arrays.ArrayReader` with ``units="z"``).
+        max_seconds: read at most about this many seconds of a record where the format allows it; prepare sets
+            it (on its own copy of the reader) to the store's record length. None reads whole records.
+        default_split_column: a meta key whose values split the records patient-disjointly (fold numbers or
+            train/val/test), used by prepare when no split is asked for; None: split by a hash of patient ids.
+    """
 
     format_name: str = ""
+    signal_units: str = "mV"
+    max_seconds: float | None = None
+    default_split_column: str | None = None
 
     @abstractmethod
     def items(self) -> Iterator[SourceItem]:
@@ -80,3 +94,24 @@ class Reader(ABC):
     def describe(self) -> str:
         """One line for logs: the format and the root, never patient data."""
         return self.format_name
+
+    def input_paths(self) -> list[str]:
+        """The files and folders this reader reads (default: its ``root`` attribute, if it has one).
+
+        prepare refuses a ``--out`` that holds one of them, or lies inside one: ``--overwrite`` would delete
+        the data, or the store would be read as data.
+        """
+        root = getattr(self, "root", None)
+        return [str(root)] if root else []
+
+    def redact(self, text: str) -> str:
+        """``text`` (a locator or a reject message) as prepare writes it to ``rejects.csv``: paths relative to
+        the reader's input folder. Readers whose paths carry patient ids replace those parts too."""
+        root = getattr(self, "root", None)
+        if not root:
+            return text
+        for folder in {os.path.abspath(root), str(Path(root).resolve()), str(root)}:
+            folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
+            if folder:
+                text = text.replace(os.path.join(folder, ""), "")
+        return text

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
-from ..record import ECGRecord
+from ..record import ECGRecord, RecordError
 from .base import SourceItem
+from .input_files import check_input_file
+from .wfdb_header import MAX_HEADER_BYTES
 from .wfdb_record import WFDBReader, read_wfdb
 
 _COMMENT = re.compile(r"^\s*#?\s*(Age|Sex|Dx)\s*:\s*(.*?)\s*$", re.IGNORECASE)
@@ -42,8 +45,16 @@ def parse_cinc_comments(lines: list[str]) -> tuple[dict[str, float], dict[str, o
     return labels, meta
 
 
-def _header_comments(base: str) -> list[str]:
-    with open(base + ".hea", encoding="latin-1") as f:
+def _header_comments(base: str, root: Path | None = None) -> list[str]:
+    """The ``#`` lines of ``base.hea``. Raises OSError for a header that is missing, not a regular file inside
+    ``root`` (a FIFO would block here) or larger than any header."""
+    try:
+        real = check_input_file(base + ".hea", root, os.path.basename(base), "header")
+    except RecordError as exc:
+        raise OSError(exc.message) from exc
+    if os.path.getsize(real) > MAX_HEADER_BYTES:
+        raise OSError(f"{base}.hea: larger than any header")
+    with open(real, encoding="latin-1") as f:
         return [ln for ln in f.read().splitlines() if ln.lstrip().startswith("#")]
 
 
@@ -55,14 +66,15 @@ class CinCReader(WFDBReader):
     def items(self) -> Iterator[SourceItem]:
         for item in super().items():
             try:
-                labels, meta = parse_cinc_comments(_header_comments(item.locator))
+                labels, meta = parse_cinc_comments(_header_comments(item.locator, self.input_root))
             except OSError:
                 labels, meta = {}, {}  # read() reports the unreadable header with its reason
             item.labels, item.meta = labels, meta
             yield item
 
     def read(self, item: SourceItem) -> ECGRecord:
-        return read_wfdb(item.locator, item.record_id, item.patient_id, item.labels, item.meta)
+        return read_wfdb(item.locator, item.record_id, item.patient_id, item.labels, item.meta,
+                         root=self.input_root, max_seconds=self.max_seconds)
 
 
 def looks_like_cinc(root: str) -> bool:
@@ -70,6 +82,8 @@ def looks_like_cinc(root: str) -> bool:
     from .wfdb_record import find_headers
 
     heads = find_headers(root)
-    if not heads or not os.path.exists(heads[0] + ".hea"):
+    try:
+        comments = _header_comments(heads[0]) if heads else []
+    except OSError:
         return False
-    return any(_COMMENT.match(c) and "dx" in c.lower() for c in _header_comments(heads[0]))
+    return any(_COMMENT.match(c) and "dx" in c.lower() for c in comments)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from ..record import ECGRecord
 from .base import INDEX_ERROR, Reader, SourceItem, id_string, raise_index_error
+from .input_files import index_path, input_root
 from .wfdb_record import read_wfdb
 
 DATABASE_CSV = "ptbxl_database.csv"
@@ -90,6 +91,7 @@ class PTBXLReader(Reader):
 
     def __init__(self, root: str | os.PathLike, rate: int = 500):
         self.root = str(root)
+        self.input_root = input_root(self.root)
         if rate not in _FILENAME_COLUMN:
             raise ValueError(f"PTB-XL rate must be 100 or 500 Hz, got {rate!r}")
         self.rate = int(rate)
@@ -158,7 +160,11 @@ class PTBXLReader(Reader):
             problems.append(f"column {file_column} is empty")
             locator = os.path.join(self.root, f"<no {file_column}>")
         else:
-            locator = os.path.join(self.root, str(filename).strip())
+            try:
+                locator = index_path(self.root, str(filename))
+            except ValueError as exc:  # absolute or climbing: never read, whatever it points at
+                problems.append(f"column {file_column}: {exc}")
+                locator = os.path.join(self.root, "<refused path>")
         if problems:
             meta[INDEX_ERROR] = f"record {rid}: {DATABASE_CSV} row of ecg_id {ecg_id}: " + "; ".join(problems)
         return SourceItem(record_id=rid, locator=locator, patient_id=id_string(row["patient_id"]),
@@ -166,7 +172,8 @@ class PTBXLReader(Reader):
 
     def read(self, item: SourceItem) -> ECGRecord:
         raise_index_error(item)
-        return read_wfdb(item.locator, item.record_id, item.patient_id, item.labels, item.meta)
+        return read_wfdb(item.locator, item.record_id, item.patient_id, item.labels, item.meta,
+                         root=self.input_root, max_seconds=self.max_seconds)
 
     def describe(self) -> str:
         return f"{self.format_name} ({self.root}, {self.rate} Hz)"
