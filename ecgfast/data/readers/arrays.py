@@ -20,8 +20,10 @@ from ..leads import lead_indices
 from ..record import ECGRecord, RecordError, RejectReason
 from .base import Reader, SourceItem, id_string
 
-#: factor from each accepted unit to millivolts
+#: factor from each accepted physical unit to millivolts
 UNIT_TO_MV: dict[str, float] = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+#: the unit of normalised arrays (each lead z-scored): kept as they are, checked and stored as "z"
+NORMALISED_UNIT = "z"
 LAYOUTS = ("NLT", "NTL")
 
 
@@ -53,15 +55,19 @@ class ArrayReader(Reader):
 
     Args:
         signals: the array, or the path of a ``.npy`` file holding it (memory-mapped, never loaded whole).
-        patient_ids: N patient ids: a sequence, or a ``.npy``/``.txt`` path. An empty id makes that record
-            its own patient (``meta["patient_id_known"] = False``).
+        patient_ids: N patient ids: a sequence, or a ``.npy``/``.txt`` path. An empty id, or None for all,
+            makes a record its own patient (``meta["patient_id_known"] = False``).
         fs: sampling rate in Hz, the same for all records.
         lead_names: the names of the L leads, in array order (8-lead ``I, II, V1..V6``, the 12-lead order,
             any spelling :func:`~ecgfast.data.leads.lead_indices` maps).
         record_ids: N unique ids; default ``array-<i>``, or ``<file stem>-<i>`` for a ``.npy`` file.
         labels: task name -> N values; a NaN value leaves that label out for that record.
-        units: unit of the values: "mV", "uV" or "V" (scaled to mV).
+        units: unit of the values: "mV", "uV" or "V" (scaled to mV), or "z" for normalised signals (each lead
+            z-scored; kept as they are, and a store made from them holds "z", not millivolts).
         layout: "NLT" (leads before samples) or "NTL".
+        meta: name -> N JSON values kept in each record's meta (None leaves it out for that record).
+        table_path: the labels CSV the ids, labels and meta came from (see :meth:`from_label_table`), for
+            :meth:`input_paths` and :meth:`describe`.
 
     Raises:
         FileNotFoundError: a path given does not exist.
@@ -72,10 +78,10 @@ class ArrayReader(Reader):
     format_name = "numpy"
 
     def __init__(self, signals: np.ndarray | str | os.PathLike,
-                 patient_ids: Sequence | np.ndarray | str | os.PathLike, fs: float,
+                 patient_ids: Sequence | np.ndarray | str | os.PathLike | None, fs: float,
                  lead_names: Sequence[str] | str = LEADS, record_ids: Sequence[str] | None = None,
                  labels: Mapping[str, Sequence[float] | np.ndarray] | None = None, units: str = "mV",
-                 layout: str = "NLT"):
+                 layout: str = "NLT", meta: Mapping[str, Sequence] | None = None, table_path: str | None = None):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         self.layout = layout
@@ -108,11 +114,12 @@ class ArrayReader(Reader):
         except RecordError as exc:  # one set of names for every record: a configuration error, say it once
             raise ValueError(exc.message) from exc
         unit = str(units).strip().lower()
-        if unit not in UNIT_TO_MV:
-            raise ValueError(f"{what}: units must be mV, uV or V, got {units!r}")
-        self.units, self._scale = units, UNIT_TO_MV[unit]
+        if unit != NORMALISED_UNIT and unit not in UNIT_TO_MV:
+            raise ValueError(f"{what}: units must be mV, uV, V or z (normalised), got {units!r}")
+        self.units, self._scale = units, UNIT_TO_MV.get(unit, 1.0)
+        self.signal_units = "z" if unit == NORMALISED_UNIT else "mV"
 
-        ids = load_ids(patient_ids, "patient_ids")
+        ids = load_ids(patient_ids, "patient_ids") if patient_ids is not None else [None] * self.n
         self._check_length(len(ids), "patient_ids", what)
         # ids read from a file are read again in items() rather than pickled to every worker
         self._ids_path = str(patient_ids) if isinstance(patient_ids, (str, os.PathLike)) else None
@@ -127,7 +134,38 @@ class ArrayReader(Reader):
             arr = np.asarray(values, dtype=np.float64).reshape(-1)
             self._check_length(arr.size, f"labels[{name!r}]", what)
             self.labels[str(name)] = arr
+        self.meta: dict[str, list] = {}
+        for name, values in (meta or {}).items():
+            values = list(values)
+            self._check_length(len(values), f"meta[{name!r}]", what)
+            self.meta[str(name)] = values
+        self.table_path = table_path
         self._mmap: np.ndarray | None = None
+
+    @classmethod
+    def from_label_table(cls, signals: str | os.PathLike | np.ndarray, table: str | os.PathLike, fs: float,
+                         lead_names: Sequence[str] | str = LEADS, record_id_column: str | None = None,
+                         patient_id_column: str | None = None, label_columns: Sequence[str] | None = None,
+                         meta_columns: Sequence[str] | None = None, required_columns: Sequence[str] = (),
+                         patient_ids: Sequence | np.ndarray | str | os.PathLike | None = None,
+                         units: str = "mV", layout: str = "NLT") -> ArrayReader:
+        """An array source whose record ids, patient ids, labels and meta come from a CSV, one row per record
+        (:func:`~ecgfast.data.readers.label_table.read_label_table` says which column plays which role).
+
+        Raises:
+            FileNotFoundError, ValueError: as :func:`read_label_table` and the constructor; patient ids given
+                both as a column and as ``patient_ids``.
+        """
+        from .label_table import read_label_table
+
+        n = cls(signals, None, fs, lead_names=lead_names, units=units, layout=layout).n
+        t = read_label_table(table, n, record_id_column, patient_id_column, label_columns, meta_columns,
+                             required_columns)
+        if t.patient_ids is not None and patient_ids is not None:
+            raise ValueError(f"{table}: patient ids from column {patient_id_column} and from patient_ids; give one")
+        return cls(signals, t.patient_ids if t.patient_ids is not None else patient_ids, fs, lead_names=lead_names,
+                   record_ids=t.record_ids, labels=t.labels, units=units, layout=layout, meta=t.meta,
+                   table_path=t.path)
 
     def _check_length(self, got: int, name: str, what: str) -> None:
         if got != self.n:
@@ -136,7 +174,7 @@ class ArrayReader(Reader):
     @staticmethod
     def _file_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"numpy source {path} not found")
+            raise FileNotFoundError(f"numpy source {path} not found (or not a regular file)")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
         except (ValueError, OSError) as exc:
@@ -167,7 +205,9 @@ class ArrayReader(Reader):
         ids = self._patient_ids if self._patient_ids is not None else load_ids(self._ids_path, "patient_ids")
         for i in range(self.n):
             labels = {name: float(v[i]) for name, v in self.labels.items() if math.isfinite(v[i])}
-            yield SourceItem(record_id=self.record_id(i), locator=str(i), patient_id=ids[i], labels=labels)
+            meta = {name: v[i] for name, v in self.meta.items() if v[i] is not None}
+            yield SourceItem(record_id=self.record_id(i), locator=str(i), patient_id=ids[i], labels=labels,
+                             meta=meta)
 
     def read(self, item: SourceItem) -> ECGRecord:
         try:
@@ -186,8 +226,16 @@ class ArrayReader(Reader):
             signal = signal * np.float32(self._scale)
         return ECGRecord(record_id=item.record_id, patient_id=item.patient_id or item.record_id,
                          signal=np.ascontiguousarray(signal), fs=self.fs, source=source, labels=dict(item.labels),
-                         meta={"patient_id_known": item.patient_id is not None, **item.meta})
+                         meta={"patient_id_known": item.patient_id is not None, **item.meta},
+                         units=self.signal_units)
 
     def describe(self) -> str:
         where = self.path or "in-memory array"
-        return f"{self.format_name} ({where}, {self.n} records, {self.fs:g} Hz, {self.layout})"
+        table = f", table {self.table_path}" if self.table_path else ""
+        return f"{self.format_name} ({where}, {self.n} records, {self.fs:g} Hz, {self.layout}, {self.units}{table})"
+
+    def input_paths(self) -> list[str]:
+        return [p for p in (self.path, self._ids_path, self.table_path) if p]
+
+    def redact(self, text: str) -> str:
+        return text  # locators are row numbers
