@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from ecgfast import LEADS
 
 from .data import store_folder
 from .data.patients import clean_patient_id, patient_keys, source_names
+from .data.prepare_report import PrepareReport, write_report
 from .data.preprocess import PreprocessConfig, preprocess
 from .data.readers.base import Reader, SourceItem
 from .data.record import RecordError, RejectReason
@@ -83,28 +84,6 @@ class SplitConfig:
         if len(columns) == 1 and None not in columns:
             return dataclasses.replace(self, method="column", column=columns.pop())
         return dataclasses.replace(self, method="hash")
-
-
-@dataclass
-class PrepareReport:
-    """found == accepted + rejected; ``by_reason`` counts rejects; ``rejects`` lists one dict per reject
-    (record_id, input, source, reason, message; paths relative to their source, patient ids redacted)."""
-
-    found: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    by_reason: dict[str, int] = field(default_factory=dict)
-    rejects: list[dict] = field(default_factory=list)
-    seconds: float = 0.0
-    resumed_shards: int = 0
-    splits: dict[str, int] = field(default_factory=dict)
-    units: str = "mV"
-
-    def summary(self) -> str:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.by_reason.items())) or "none"
-        splits = ", ".join(f"{k} {self.splits[k]}" for k in ("train", "val", "test") if k in self.splits)
-        return (f"found {self.found} records: {self.accepted} accepted, {self.rejected} rejected ({reasons}); "
-                f"splits: {splits or 'none'}; units {self.units}; {self.seconds:.1f} s")
 
 
 # ---- planning ----------------------------------------------------------------------------------------------
@@ -318,7 +297,7 @@ def _finalize(out: Path, n_shards: int, report: PrepareReport, dupes: list[dict]
     report.splits = {k: int(v) for k, v in manifest["split"].value_counts().items()}
     report.units = config.units
     report.seconds = time.perf_counter() - t0
-    _write_report(out, report, manifest, keys)
+    write_report(out, report, manifest, keys)
     _warn_unknown_patients(manifest, split)
     info = {"format": FORMAT, "version": VERSION, "leads": list(LEADS), "fs": config.fs,
             "n_samples": config.n_samples, "dtype": "int16", "units": config.units, "n_records": len(manifest),
@@ -346,23 +325,6 @@ def _warn_unknown_patients(manifest: pd.DataFrame, split: SplitConfig) -> None:
         log.warning("prepare: %d records have no patient id and are each their own patient; if some share a "
                     "patient, a hash split can put that patient in two splits: pass --patients, or split by a "
                     "patient-disjoint column (--split-column)", unknown)
-
-
-def _write_report(out: Path, report: PrepareReport, manifest: pd.DataFrame, keys: np.ndarray) -> None:
-    """prepare_report.json (counts), prepare_report.md (for people), rejects.csv (one row per reject)."""
-    counts = {k: v for k, v in report.__dict__.items() if k != "rejects"}
-    counts["patients"] = int(pd.Series(keys).nunique()) if len(manifest) else 0
-    write_json_atomic(out / "prepare_report.json", counts)
-    lines = ["# ecgfast-prepare report", "", f"- found: {report.found}", f"- accepted: {report.accepted}",
-             f"- rejected: {report.rejected}", f"- patients: {counts['patients']}",
-             f"- splits: {counts['splits']}", f"- units: {report.units}", "", "| reason | records |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(report.by_reason.items())]
-    lines += ["", "Each rejected record, with what was wrong: rejects.csv"]
-    with atomic_path(out / "prepare_report.md") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
-    with atomic_path(out / "rejects.csv") as tmp:
-        pd.DataFrame(report.rejects, columns=["record_id", "input", "source", "reason", "message"]).to_csv(
-            tmp, index=False)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------

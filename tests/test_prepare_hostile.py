@@ -87,6 +87,20 @@ def test_a_source_inside_out_or_out_inside_a_source_is_refused(tmp_path):
     assert not (tmp_path / "src" / "store").exists()
 
 
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
+    from ecgfast.data import store_folder
+
+    _good(tmp_path / "src")
+    out = tmp_path / "store"
+    store_folder.claim(out)
+    with store_folder.exclusive(out):  # as a running prepare holds it
+        with pytest.raises(StoreError, match="another ecgfast-prepare is writing"):
+            _prepare([tmp_path / "src"], out)
+    _prepare([tmp_path / "src"], out)
+    (tmp_path / "file").write_text("x")
+    assert prep.main([str(tmp_path / "src"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
+
+
 # ---- 4: header values wfdb replaces silently; amplitudes no ECG has -------------------------------------------
 
 @pytest.mark.parametrize("line,field,value,reason", [

@@ -69,8 +69,7 @@ def test_real_metadata_labels_and_patients(real_store):
 def test_pretraining_steps_on_the_real_store(real_store, tmp_path):
     """Three steps of the real loop on real signals (records of other lengths cropped or zero-padded, most patients
     with one ECG): no step skipped, finite losses, a checkpoint."""
-    from ecgfast.config import load_config
-    from ecgfast.train import pretrain
+    from ecgfast.pretrain import load_config, pretrain
 
     _, store = real_store
     config = load_config(overrides={"store": str(store.path), "out": str(tmp_path / "run"), "model": "tiny",
