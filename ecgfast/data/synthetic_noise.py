@@ -62,7 +62,7 @@ def electrode_noise(rng: np.random.Generator, fs: float, n: int, resp_hz: float,
     # Wander: breathing + 3 drift sines, mixed into the electrodes with log-normal gains (mV).
     f = np.concatenate([[resp_hz], rng.uniform(0.02, 0.4, 3)]).astype(np.float32)[:, None]
     src = np.sin(np.float32(2 * np.pi) * f * t + rng.uniform(0, 2 * np.pi, (4, 1)).astype(np.float32))  # (4, n)
-    wander_mv = rng.lognormal(np.log(0.038), 0.35)  # breathing and skin drift do not follow `level`
+    wander_mv = rng.lognormal(np.log(0.034), 0.35)  # breathing and skin drift do not follow `level`
     mix = (rng.normal(0.0, 1.0, (N_ELECTRODES, 4)) * wander_mv * rng.lognormal(0.0, 0.35, (N_ELECTRODES, 1)))
     # Powerline through unequal electrode impedances: a sin + b cos per electrode, plus a weak 3rd harmonic.
     line_hz = float(rng.choice([50.0, 60.0]))

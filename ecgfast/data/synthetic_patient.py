@@ -78,6 +78,8 @@ def patient_state(seed: int, patient: int) -> PatientState:
     shape = morph.BASE_SHAPE.copy()
     shape[0] *= np.exp(rng.normal(0.0, 0.2, morph.K))
     shape[2:] *= np.exp(rng.normal(0.0, 0.06, (1, morph.K)))
+    qrs = [C[n] for n in ("q", "r_apex", "r", "s", "late")]
+    shape[1:, qrs] *= np.exp(rng.normal(np.log(0.95), 0.08))  # QRS duration varies between hearts
     habitus = np.exp(rng.normal(0.0, 0.2)) * (rng.uniform(0.35, 0.55) if rng.random() < 0.05 else 1.0)
     shape[0] *= habitus * (0.9 if female else 1.0)
     # The ventricular ectopic focus of this patient: a random direction, its loop and its discordant T.
@@ -114,7 +116,7 @@ def patient_state(seed: int, patient: int) -> PatientState:
         conduction=conduction, infarct=infarct, lvh=lvh, paced=paced,
         pr=float(np.clip(rng.normal(0.150, 0.018), 0.11, 0.20) if rng.random() > 0.04 else rng.uniform(0.22, 0.32)),
         qtc=float(rng.normal(0.40, 0.018) + 0.01 * female),
-        heart_rate=float(np.clip(72.0 * np.exp(rng.normal(0.0, 0.27)), 38.0, 150.0)),
+        heart_rate=float(np.clip(72.0 * np.exp(rng.normal(0.0, 0.3)), 38.0, 150.0)),
         hrv=float(np.clip(rng.lognormal(np.log(0.022 * (1.1 - 0.25 * old)), 0.5), 0.004, 0.12)),
         af_burden=float(af_burden), flutter_burden=float(flutter_burden),
         af_rate=float(np.clip(rng.normal(88.0, 20.0), 50.0, 150.0)),
