@@ -1,29 +1,43 @@
 """Tests of the fused multi-positive contrastive loss (ecgfast.ops.contrastive_loss) against the torch reference.
 
-Every available kernel backend (triton in the interpreter without a GPU, cpp when ecgfast._C is built) is compared
-with the float64 reference over a grid declared once below. Low-precision results pass when their error against
-the float64 reference is at most twice torch's own error in that precision (the reference with upcast=False) plus
-a small atol (flash-attention's rule). Also: float64 gradcheck (cpp), grad_output != 1, a closed form, a row
-permutation, anchors as a row slice, torch.compile(fullgraph=True), input checks, and the measured peak memory of
-the blockwise CPU path at N = 16,384.
+Every backend available on this CPU (triton in the interpreter without a GPU, cpp when ecgfast._C is built, torch)
+is compared with the float64 reference over a grid declared once below; the backend is a test parameter. Low-
+precision results pass when their error against the float64 reference is at most twice torch's own error in that
+precision (the reference with upcast=False) plus a small atol (flash-attention's rule). Also: float64 gradcheck,
+grad_output != 1, a closed form, a row permutation, anchors as a row slice, non-contiguous ids, fewer than two
+rows, torch.compile(fullgraph=True), backend choice and input checks, two gloo ranks on every kernel backend
+(tests/ddp_harness.py), the measured peak memory of the blockwise CPU path at N = 16,384, and an ahead-of-time
+compile of the Triton kernels for an H100.
 """
 
 from __future__ import annotations
 
+import doctest
 import math
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
+from ddp_harness import GLOO, assert_ranks_match_the_full_batch, run_ranks
 
+from ecgfast.nn import MultiPositiveContrastiveLoss
+from ecgfast.ops import backends
 from ecgfast.ops import contrastive_loss as op
-from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss, resolve_backend
+from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
 from ecgfast.reference.contrastive_loss import multi_positive_contrastive_loss_reference as reference
 from ecgfast.reference.contrastive_loss import positive_weight_sums
 
+OP = "contrastive_loss"
+ENV = backends.ENV_VARS[OP]
+BACKENDS = backends.available_backends(OP, "cpu")  # triton (interpreter), cpp (if built), torch
+KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
+# float64 input never goes to Triton (it runs on cpp, else torch): the float64 tests take the other backends
+FLOAT64_BACKENDS = [b for b in BACKENDS if b != "triton"]
 # The grid, declared once: odd and prime sizes, d = 1, tiles not dividing N.
 NS = (2, 3, 17, 64, 131)
 DS = (1, 8, 33, 128)
@@ -35,18 +49,15 @@ ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 2e-3}  # added
 # FlashAttention does with P), a relative 2^-8 (bf16) / 2^-11 (fp16) of terms of size |x| / tau. Torch's own
 # low-precision error can be exactly 0 where terms cancel exactly (N = 2: the loss is identically 0).
 GRAD_ATOL = {torch.float32: 2e-5, torch.bfloat16: 2**-8 / TAU, torch.float16: 2**-11 / TAU}
-
-def _available(backend: str) -> bool:
-    try:
-        resolve_backend("cpu", backend)
-    except ValueError:
-        return False
-    return True
+needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="ecgfast._C not built")
 
 
-KERNEL_BACKENDS = tuple(b for b in ("triton", "cpp") if _available(b))
-needs_kernel = pytest.mark.skipif(not KERNEL_BACKENDS, reason="no kernel backend (triton interpreter or ecgfast._C)")
-needs_cpp = pytest.mark.skipif(not _available("cpp"), reason="ecgfast._C not built")
+def _count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the launches of the fused kernels' autograd Function (the triton and cpp backends go through it)."""
+    calls: list[int] = []
+    fused = op.MultiPositiveContrastiveLSE.apply
+    monkeypatch.setattr(op.MultiPositiveContrastiveLSE, "apply", lambda *a: calls.append(1) or fused(*a))
+    return calls
 
 
 def make_ids(case: str, n: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -71,11 +82,11 @@ def _loss_and_grad(fn, z: torch.Tensor, up: torch.Tensor, **kwargs) -> tuple[tor
     return per_row.detach().double(), grad.double()
 
 
-@needs_kernel
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("d", DS)
 @pytest.mark.parametrize("n", NS)
-def test_forward_and_grads_match_the_reference(n: int, d: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_and_grads_match_the_reference(backend: str, n: int, d: int, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(97 * n + d)
     z = torch.randn(n, d, generator=gen).to(dtype)
     case = ID_CASES[(n + d) % len(ID_CASES)]
@@ -87,20 +98,19 @@ def test_forward_and_grads_match_the_reference(n: int, d: int, dtype: torch.dtyp
     truth, truth_grad = _loss_and_grad(reference, z.double(), up, **kw)
     low, low_grad = _loss_and_grad(lambda x, **k: reference(x, upcast=dtype == torch.float32, **k), z, up, **kw)
     err_torch, gerr_torch = (low - truth).abs().max().item(), (low_grad - truth_grad).abs().max().item()
-    for backend in KERNEL_BACKENDS:
-        got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, up, backend=backend, **kw)
-        assert torch.isfinite(got).all() and torch.isfinite(grad).all()
-        err, gerr = (got - truth).abs().max().item(), (grad - truth_grad).abs().max().item()
-        msg = f"{backend} case={case} views={views is not None}"
-        assert err <= 2 * err_torch + ATOL[dtype], (msg, err, err_torch)
-        assert gerr <= 2 * gerr_torch + GRAD_ATOL[dtype], (msg, gerr, gerr_torch)
-        has_pos = positive_weight_sums(ids, weights, views) > 0
-        assert torch.equal(got[~has_pos], torch.zeros_like(got[~has_pos]))  # rows without positives: exactly 0
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, up, backend=backend, **kw)
+    assert torch.isfinite(got).all() and torch.isfinite(grad).all()
+    err, gerr = (got - truth).abs().max().item(), (grad - truth_grad).abs().max().item()
+    msg = f"{backend} case={case} views={views is not None}"
+    assert err <= 2 * err_torch + ATOL[dtype], (msg, err, err_torch)
+    assert gerr <= 2 * gerr_torch + GRAD_ATOL[dtype], (msg, gerr, gerr_torch)
+    has_pos = positive_weight_sums(ids, weights, views) > 0
+    assert torch.equal(got[~has_pos], torch.zeros_like(got[~has_pos]))  # rows without positives: exactly 0
 
 
-@needs_kernel
 @pytest.mark.parametrize("case", ID_CASES)
-def test_id_cases_views_weights_and_reductions(case: str) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_id_cases_views_weights_and_reductions(backend: str, case: str) -> None:
     gen = torch.Generator().manual_seed(ID_CASES.index(case))
     n, d = 23, 8
     z = torch.randn(n, d, generator=gen)
@@ -110,105 +120,180 @@ def test_id_cases_views_weights_and_reductions(case: str) -> None:
             for reduction in ("mean", "sum", "none"):
                 kw = {"temperature": TAU, "weights": weights, "view_ids": views, "reduction": reduction}
                 expected = reference(z, ids, **kw)
-                for backend in KERNEL_BACKENDS:
-                    got = multi_positive_contrastive_loss(z, ids, backend=backend, **kw)
-                    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{backend} {kw}")
+                got = multi_positive_contrastive_loss(z, ids, backend=backend, **kw)
+                assert got.dtype == torch.float32
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{backend} {kw}")
 
 
-@needs_kernel
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_ids_and_view_ids_give_the_contiguous_loss(backend: str) -> None:
+    """Stride-2 views of the id vectors (e.g. every other row of a (2B,) batch) are read by element, not by memory
+    offset: the loss and the gradient equal those of contiguous copies (issue 12: the Triton kernels read the view
+    ids' memory as if contiguous)."""
+    gen = torch.Generator().manual_seed(12)
+    n = 29
+    z = torch.randn(n, 16, generator=gen, requires_grad=True)
+    wide_ids = torch.randint(0, 9, (2 * n,), generator=gen)
+    wide_views = torch.randint(0, 3, (2 * n,), generator=gen)
+    ids, views = wide_ids[::2], wide_views[::2]
+    assert not ids.is_contiguous() and not views.is_contiguous()
+    for kw in ({"view_ids": views}, {"view_ids": views, "reduction": "none"},
+               {"view_ids": views, "rows": slice(3, 20)}):
+        got = multi_positive_contrastive_loss(z, [ids, ids // 3], backend=backend, **kw)
+        contiguous = {k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        expected = multi_positive_contrastive_loss(z, [ids.contiguous(), (ids // 3).contiguous()], backend=backend,
+                                                   **contiguous)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6, msg=f"{backend} {list(kw)}")
+        (g,), (g_ref,) = torch.autograd.grad(got.sum(), z), torch.autograd.grad(expected.sum(), z)
+        torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    # and both are the reference's
+    torch.testing.assert_close(multi_positive_contrastive_loss(z, ids, view_ids=views, backend=backend),
+                               reference(z, ids.contiguous(), view_ids=views.contiguous()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
-def test_no_positives_warns_and_gives_zero_not_nan() -> None:
+def test_no_positives_warns_and_gives_zero_not_nan(backend: str) -> None:
     z = torch.randn(6, 4, requires_grad=True)
     cases = [([torch.arange(6)], {}),  # all singletons
-             ([torch.zeros(6, dtype=torch.long)], {"view_ids": torch.zeros(6, dtype=torch.long)})]  # nothing allowed
-    for backend in KERNEL_BACKENDS:
-        for ids, kwargs in cases:
+             ([torch.zeros(6, dtype=torch.long)], {"view_ids": torch.zeros(6, dtype=torch.long)}),  # nothing allowed
+             ([torch.zeros(6, dtype=torch.long)], {"weights": [0.0]})]  # weight 0
+    for ids, kwargs in cases:
+        for reduction in ("mean", "sum"):
             with pytest.warns(RuntimeWarning, match="no row has a positive"):
-                loss = multi_positive_contrastive_loss(z, ids, backend=backend, **kwargs)
+                loss = multi_positive_contrastive_loss(z, ids, backend=backend, reduction=reduction, **kwargs)
             assert loss.item() == 0 and loss.grad_fn is not None
             with torch.autograd.detect_anomaly():
                 (grad,) = torch.autograd.grad(loss, z)
             assert torch.equal(grad, torch.zeros_like(grad))
 
 
-@needs_cpp
-def test_gradcheck_float64_cpp() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fewer_than_two_rows_give_the_references_zero_with_a_warning(backend: str) -> None:
+    """N = 1: no pair at all. Every backend returns the reference's loss 0 (a warning for "mean" and "sum"), and a
+    zero gradient; no error."""
+    z = torch.randn(1, 5, requires_grad=True)
+    ids = torch.zeros(1, dtype=torch.long)
+    for reduction in ("mean", "sum"):
+        with pytest.warns(RuntimeWarning, match="no row has a positive"):
+            loss = multi_positive_contrastive_loss(z, ids, reduction=reduction, backend=backend)
+        assert loss.shape == () and loss.item() == 0 and loss.dtype == torch.float32
+        (grad,) = torch.autograd.grad(loss, z)
+        assert torch.equal(grad, torch.zeros_like(grad))
+    per_row = multi_positive_contrastive_loss(z, [ids, ids], view_ids=ids, reduction="none", backend=backend)
+    assert torch.equal(per_row, torch.zeros(1))
+    with pytest.warns(RuntimeWarning, match="no row has a positive"):
+        module_loss = MultiPositiveContrastiveLoss(backend=backend)(z.double(), ids)
+    assert module_loss.item() == 0 and module_loss.dtype == torch.float64
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="source bug: N = 0 raises 'rows must be a non-empty "
+                   "slice' instead of returning the reference's loss 0 (the docstring: N < 2 gives 0)")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_batch_gives_the_references_zero(backend: str) -> None:
+    z = torch.randn(0, 5, requires_grad=True)
+    ids = torch.zeros(0, dtype=torch.long)
+    with pytest.warns(RuntimeWarning, match="no row has a positive"):
+        expected = reference(z, ids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = multi_positive_contrastive_loss(z, ids, backend=backend)
+    assert loss.item() == expected.item() == 0
+    assert any("no row has a positive" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("backend", FLOAT64_BACKENDS)
+def test_gradcheck_float64(backend: str) -> None:
     gen = torch.Generator().manual_seed(7)
     z = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     ids = [torch.tensor([0, 0, 1, 1, 2, 3]), torch.tensor([0, 0, 0, 1, 1, 1])]
     views = torch.tensor([0, 1, 0, 1, 0, 1])
     for kwargs in ({}, {"weights": [1.0, 0.5], "view_ids": views}, {"rows": slice(2, 5), "reduction": "none"}):
         assert torch.autograd.gradcheck(
-            lambda x, kw=kwargs: multi_positive_contrastive_loss(x, ids, TAU, backend="cpp", **kw), (z,),
+            lambda x, kw=kwargs: multi_positive_contrastive_loss(x, ids, TAU, backend=backend, **kw), (z,),
             eps=1e-6, atol=1e-5)
     assert torch.autograd.gradcheck(
-        lambda x: multi_positive_contrastive_loss(x * 0.3, ids, 0.5, normalize=False, backend="cpp"), (z,),
+        lambda x: multi_positive_contrastive_loss(x * 0.3, ids, 0.5, normalize=False, backend=backend), (z,),
         eps=1e-6, atol=1e-5)
 
 
-@needs_kernel
-def test_grad_output_not_one_scales_the_gradient() -> None:
+def test_float64_never_runs_triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float64 asked of Triton runs on cpp (else torch): a float64 loss, the float64 reference's value."""
+    launched = []
+    real = op._triton_lse_fwd
+    monkeypatch.setattr(op, "_triton_lse_fwd", lambda *a: launched.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(8)
+    z = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    ids = torch.arange(9) % 4
+    loss = multi_positive_contrastive_loss(z, ids, backend="triton")
+    assert loss.dtype == torch.float64 and not launched
+    torch.testing.assert_close(loss, reference(z, ids), rtol=1e-12, atol=1e-12)
+    multi_positive_contrastive_loss(z.float(), ids, backend="triton")  # float32 does launch it
+    assert launched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_output_not_one_scales_the_gradient(backend: str) -> None:
     gen = torch.Generator().manual_seed(9)
     z = torch.randn(19, 12, generator=gen, requires_grad=True)
     ids = make_ids("two", 19, gen)
-    for backend in KERNEL_BACKENDS:
-        (g1,) = torch.autograd.grad(multi_positive_contrastive_loss(z, ids, backend=backend), z)
-        (g37,) = torch.autograd.grad(multi_positive_contrastive_loss(z, ids, backend=backend) * 3.7, z)
-        torch.testing.assert_close(g37, 3.7 * g1)
-        (g_ref,) = torch.autograd.grad(reference(z, ids) * 3.7, z)
-        torch.testing.assert_close(g37, g_ref, rtol=1e-4, atol=1e-6)
+    (g1,) = torch.autograd.grad(multi_positive_contrastive_loss(z, ids, backend=backend), z)
+    (g37,) = torch.autograd.grad(multi_positive_contrastive_loss(z, ids, backend=backend) * 3.7, z)
+    torch.testing.assert_close(g37, 3.7 * g1)
+    (g_ref,) = torch.autograd.grad(reference(z, ids) * 3.7, z)
+    torch.testing.assert_close(g37, g_ref, rtol=1e-4, atol=1e-6)
 
 
-@needs_kernel
 @pytest.mark.parametrize("n", (2, 5, 12))
-def test_identical_embeddings_give_log_of_the_denominator_size(n: int) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identical_embeddings_give_log_of_the_denominator_size(backend: str, n: int) -> None:
     """Every s_ij = 1/tau: loss_i = log |allowed(i)| = log(n - 1) for every row with a positive."""
     z = torch.randn(1, 7).expand(n, 7).contiguous()
-    for backend in KERNEL_BACKENDS:
-        loss = multi_positive_contrastive_loss(z, [torch.arange(n) // 2 * 0], TAU, backend=backend)
-        assert loss.item() == pytest.approx(math.log(n - 1), abs=1e-5)
+    loss = multi_positive_contrastive_loss(z, [torch.arange(n) // 2 * 0], TAU, backend=backend)
+    assert loss.item() == pytest.approx(math.log(n - 1), abs=1e-5)
 
 
-@needs_kernel
-def test_permuting_rows_and_ids_permutes_the_per_row_losses() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_permuting_rows_and_ids_permutes_the_per_row_losses(backend: str) -> None:
     gen = torch.Generator().manual_seed(11)
     n = 37
     z = torch.randn(n, 16, generator=gen)
     ids = make_ids("two", n, gen)
     views = torch.randint(0, 3, (n,), generator=gen)
     perm = torch.randperm(n, generator=gen)
-    for backend in KERNEL_BACKENDS:
-        a = multi_positive_contrastive_loss(z, ids, view_ids=views, reduction="none", backend=backend)
-        b = multi_positive_contrastive_loss(z[perm], [g[perm] for g in ids], view_ids=views[perm], reduction="none",
-                                            backend=backend)
-        torch.testing.assert_close(b, a[perm], rtol=1e-5, atol=1e-5)
+    a = multi_positive_contrastive_loss(z, ids, view_ids=views, reduction="none", backend=backend)
+    b = multi_positive_contrastive_loss(z[perm], [g[perm] for g in ids], view_ids=views[perm], reduction="none",
+                                        backend=backend)
+    torch.testing.assert_close(b, a[perm], rtol=1e-5, atol=1e-5)
 
 
-@needs_kernel
-def test_anchor_rows_slice_matches_the_reference_block() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_anchor_rows_slice_matches_the_reference_block(backend: str) -> None:
     """The DDP layout: local anchors [offset, offset + n) of the gathered keys, self excluded by global index."""
     gen = torch.Generator().manual_seed(5)
     z = torch.randn(70, 9, generator=gen, requires_grad=True)
     ids = make_ids("two", 70, gen)
     views = torch.randint(0, 2, (70,), generator=gen)
-    for backend in KERNEL_BACKENDS:
-        for rows in (slice(0, 33), slice(33, 70), slice(10, 11)):
-            got = multi_positive_contrastive_loss(z, ids, view_ids=views, rows=rows, backend=backend)
-            expected = reference(z, ids, view_ids=views, rows=rows)
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-            (g,), (g_ref,) = torch.autograd.grad(got, z), torch.autograd.grad(expected, z)
-            torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+    for rows in (slice(0, 33), slice(33, 70), slice(10, 11), slice(-5, None)):
+        got = multi_positive_contrastive_loss(z, ids, view_ids=views, rows=rows, backend=backend)
+        expected = reference(z, ids, view_ids=views, rows=rows)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        (g,), (g_ref,) = torch.autograd.grad(got, z), torch.autograd.grad(expected, z)
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
 
 
-@needs_cpp
-def test_torch_compile_fullgraph_traces_the_op() -> None:
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_torch_compile_fullgraph_traces_the_op(backend: str) -> None:
+    """The kernel backends trace without a graph break (custom ops). The torch backend is the reference, whose
+    data-dependent checks do not trace with fullgraph=True; it is the fallback, and training compiles the model,
+    not the loss."""
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(40, 16, generator=gen, requires_grad=True)
     ids = make_ids("two", 40, gen)
     views = torch.randint(0, 2, (40,), generator=gen)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        return multi_positive_contrastive_loss(torch.tanh(x), ids, TAU, (1.0, 0.5), views, backend="cpp") * 2.0
+        return multi_positive_contrastive_loss(torch.tanh(x), ids, TAU, (1.0, 0.5), views, backend=backend) * 2.0
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got = compiled(z)
@@ -219,20 +304,60 @@ def test_torch_compile_fullgraph_traces_the_op() -> None:
     torch.testing.assert_close(g, g_ref)
 
 
-def test_backend_choice_and_input_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_module_runs_the_chosen_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_kernel_calls(monkeypatch)
+    gen = torch.Generator().manual_seed(2)
+    n = 37
+    z = torch.randn(n, 8, generator=gen, requires_grad=True)
+    ids = make_ids("two", n, gen)
+    loss = MultiPositiveContrastiveLoss(weights=(1.0, 0.5), backend=backend)(z, *ids)
+    assert bool(calls) == (backend != "torch")
+    torch.testing.assert_close(loss, reference(z, ids, weights=(1.0, 0.5)), rtol=1e-5, atol=1e-6)
+
+
+def test_backend_choice_and_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert BACKENDS[-1] == "torch" and set(BACKENDS) <= set(backends.BACKENDS[OP])
+    assert "triton" in BACKENDS or torch.cuda.is_available()  # without a GPU, conftest.py sets TRITON_INTERPRET=1
+    monkeypatch.delenv(ENV, raising=False)
+    monkeypatch.delenv(backends.ENV_VARS["vcg_augment"], raising=False)
+    monkeypatch.setattr(backends, "_DEFAULT", {})
+    expected = "cpp" if "cpp" in BACKENDS else "torch"  # the Triton interpreter is never a default
+    assert backends.resolve_backend(OP, "cpu") == expected
+    monkeypatch.setenv(ENV, "torch")
+    assert backends.resolve_backend(OP, "cpu") == expected  # decided once per device type, then cached
+    monkeypatch.setattr(backends, "_DEFAULT", {})
+    assert backends.resolve_backend(OP, "cpu") == "torch"
+    assert backends.resolve_backend("vcg_augment", "cpu") == expected  # the variable is per op
     z, ids = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
-    with pytest.raises(ValueError, match="unknown loss backend"):
-        multi_positive_contrastive_loss(z, ids, backend="cuda-magic")
-    monkeypatch.setenv(op.ENV_BACKEND, "torch")
-    assert resolve_backend("cpu") == "torch"
+    calls = _count_kernel_calls(monkeypatch)
     torch.testing.assert_close(multi_positive_contrastive_loss(z, ids), reference(z, ids), rtol=0, atol=0)
-    monkeypatch.delenv(op.ENV_BACKEND)
+    assert not calls  # the default followed $ECGFAST_LOSS_BACKEND
+    multi_positive_contrastive_loss(z, ids, backend=KERNEL_BACKENDS[-1])  # an explicit backend wins
+    assert calls
+    monkeypatch.setenv(ENV, "triton")
+    monkeypatch.setattr(backends, "_DEFAULT", {})
+    assert backends.resolve_backend(OP, "cpu") == "triton"
+    monkeypatch.setenv(ENV, "nope")
+    monkeypatch.setattr(backends, "_DEFAULT", {})
+    with pytest.raises(ValueError, match=ENV):
+        multi_positive_contrastive_loss(z, ids)
+    for bad in ("cuda-magic", "cuda"):  # the loss has no "cuda" backend: triton is its CUDA kernel
+        with pytest.raises(ValueError, match="must be one of"):
+            multi_positive_contrastive_loss(z, ids, backend=bad)
+    assert backends.available_backends(OP, "cuda")[-1] == "torch"
+
+
+def test_input_checks() -> None:
+    z, ids = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     bad = [
         ((torch.randn(4), ids), r"\(N, d\)"),
-        ((torch.randn(1, 3), ids[:1]), "N >= 2"),
         ((torch.randn(4, 1025), ids), "d <= 1024"),
+        ((torch.randn(4, 0), ids), "d <= 1024"),
         ((z, ids[:3]), r"shape \(4,\)"),
         ((z, ids.float()), "integer"),
+        ((z, torch.zeros(2, 2, 4, dtype=torch.long)), r"\(K, N\)"),
+        ((z, []), "at least one"),
         ((torch.arange(12).view(4, 3), ids), "float"),
     ]
     for args, match in bad:
@@ -240,19 +365,47 @@ def test_backend_choice_and_input_checks(monkeypatch: pytest.MonkeyPatch) -> Non
             multi_positive_contrastive_loss(*args)
     for kwargs, match in (({"temperature": 0.0}, "temperature"), ({"temperature": float("nan")}, "temperature"),
                           ({"weights": (1.0, 2.0)}, "2 weights"), ({"weights": (-1.0,)}, ">= 0"),
-                          ({"reduction": "avg"}, "reduction"), ({"rows": slice(3, 1)}, "rows")):
+                          ({"reduction": "avg"}, "reduction"), ({"rows": slice(3, 1)}, "rows"),
+                          ({"rows": slice(0, 4, 2)}, "step 1"), ({"view_ids": ids[:3]}, "view_ids"),
+                          ({"view_ids": ids.float()}, "view_ids"), ({"gather": 1}, "gather"),
+                          ({"normalize": "yes"}, "normalize")):
         with pytest.raises(ValueError, match=match):
             multi_positive_contrastive_loss(z, ids, **kwargs)
 
 
-@pytest.mark.skipif(len(KERNEL_BACKENDS) < 2, reason="needs both kernel backends")
+@pytest.mark.skipif(not {"triton", "cpp"} <= set(BACKENDS), reason="needs both kernel backends")
 def test_triton_and_cpp_agree() -> None:
     gen = torch.Generator().manual_seed(17)
     z = torch.randn(100, 40, generator=gen)
     ids = make_ids("two", 100, gen)
-    a = multi_positive_contrastive_loss(z, ids, reduction="none", backend="triton")
-    b = multi_positive_contrastive_loss(z, ids, reduction="none", backend="cpp")
+    views = torch.randint(0, 2, (100,), generator=gen)
+    a = multi_positive_contrastive_loss(z, ids, view_ids=views, reduction="none", backend="triton")
+    b = multi_positive_contrastive_loss(z, ids, view_ids=views, reduction="none", backend="cpp")
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(op, extraglobs={"torch": torch})
+    assert result.failed == 0 and result.attempted > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed: 2 gloo ranks on every kernel backend (tests/ddp_harness.py; the reference backend in test_loss.py)
+
+# the dtype each kernel backend runs in: float64 where it can (tight tolerances), float32 on Triton
+DDP_DTYPES = {"cpp": torch.float64, "triton": torch.float32}
+DDP_TOLERANCES = {torch.float64: {"rtol": 1e-10, "atol": 1e-12}, torch.float32: {"rtol": 1e-4, "atol": 1e-5}}
+
+
+@pytest.mark.skipif(not GLOO, reason="needs torch.distributed + gloo")
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_two_ranks_on_a_kernel_backend_match_the_single_process_full_batch(backend: str, tmp_path: Path) -> None:
+    """Local queries against the gathered keys on the fused kernels, rank-different inputs, against the float64
+    full batch on one process; the kernels really ran in the ranks."""
+    dtype = DDP_DTYPES[backend]
+    ranks = run_ranks(tmp_path, backend, dtype)
+    assert all(r["kernel_calls"] > 0 for r in ranks)
+    assert_ranks_match_the_full_batch(ranks, dtype, **DDP_TOLERANCES[dtype])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -306,41 +459,6 @@ def test_blockwise_cpu_peak_memory_is_20x_below_naive_at_16k() -> None:
     print(f"\nN={n} d={d}: extra peak memory naive {naive:.0f} MiB, fused {fused:.1f} MiB, ratio {naive / fused:.1f}")
     assert naive >= 1024  # the N x N fp32 matrix alone is 1 GiB: the measurement sees it
     assert fused * 20 <= naive, (naive, fused)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ecgfast.loss on the fused op: single process and 2 gloo ranks (local queries against gathered keys)
-
-
-@needs_cpp
-def test_loss_module_runs_the_fused_op(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ecgfast.loss import MultiPositiveContrastiveLoss
-
-    gen = torch.Generator().manual_seed(2)
-    n = 37
-    z = torch.randn(n, 8, generator=gen, requires_grad=True)
-    ids = make_ids("two", n, gen)
-    calls = []
-    monkeypatch.setattr(op.MultiPositiveContrastiveLSE, "apply", lambda *a, f=op.MultiPositiveContrastiveLSE.apply:
-                        calls.append(1) or f(*a))
-    loss = MultiPositiveContrastiveLoss(weights=(1.0, 0.5))(z, *ids)  # the fused op by default
-    assert calls
-    torch.testing.assert_close(loss, reference(z, ids, weights=(1.0, 0.5)), rtol=1e-5, atol=1e-6)
-
-
-@needs_cpp
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs torch.distributed + gloo")
-def test_two_ranks_on_the_fused_cpp_op_match_the_single_process_full_batch(tmp_path, monkeypatch) -> None:
-    """tests/test_loss.py's 2-process check (rank-different inputs, float64), with every loss on the cpp op."""
-    import test_loss  # tests/ is on sys.path under pytest (rootdir-relative, no __init__.py)
-
-    monkeypatch.setenv(op.ENV_BACKEND, "cpp")  # inherited by the spawned ranks
-    calls = []
-    monkeypatch.setattr(op.MultiPositiveContrastiveLSE, "apply", lambda *a, f=op.MultiPositiveContrastiveLSE.apply:
-                        calls.append(1) or f(*a))
-    test_loss.test_two_ranks_match_the_single_process_full_batch(tmp_path)
-    assert calls  # the single-process side ran the fused op too
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,26 +1,30 @@
-"""Tests of the multi-positive contrastive loss: reference and module against independent oracles.
+"""Tests of the multi-positive contrastive loss: reference, config, functional and module against independent oracles.
 
 Oracles: a pure-Python loop port of the formula (float64), closed forms on degenerate inputs, a row permutation,
 float64 gradcheck, independent ports of CLOCS' symmetric per-view-pair loss and SimCLR's NT-Xent, and a
-2-process gloo run with different inputs on each rank checked against the single-process full batch.
+2-process gloo run with different inputs on each rank checked against the single-process full batch
+(tests/ddp_harness.py, on the reference backend here; every kernel backend in tests/test_contrastive_loss_op.py).
+The fused backends against the reference: tests/test_contrastive_loss_op.py.
 """
 
 from __future__ import annotations
 
-import gc
+import dataclasses
+import doctest
 import math
-import socket
-import traceback
-from datetime import timedelta
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ddp_harness import GLOO, assert_ranks_match_the_full_batch, run_ranks
 
-from ecgfast.loss import MultiPositiveContrastiveLoss, multi_positive_contrastive_loss
+import ecgfast.nn
+import ecgfast.reference.contrastive_loss
+from ecgfast.nn import MultiPositiveContrastiveLoss
+from ecgfast.ops.configs import REDUCTIONS, ContrastiveLossConfig
+from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
 from ecgfast.reference.contrastive_loss import (
     multi_positive_contrastive_loss_reference,
     positive_weight_matrix,
@@ -128,8 +132,6 @@ class _no_warning:
     """Context manager: fails on a RuntimeWarning inside."""
 
     def __enter__(self) -> None:
-        import warnings
-
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.simplefilter("error", RuntimeWarning)
@@ -214,9 +216,10 @@ def test_no_positives_returns_a_connected_zero_and_warns() -> None:
             with torch.autograd.detect_anomaly():  # no NaN even in intermediate gradients
                 (grad,) = torch.autograd.grad(loss, z)
             assert torch.equal(grad, torch.zeros_like(grad))  # zeros, not NaN
-    one = torch.randn(1, 3, requires_grad=True)  # N = 1: no other row at all
-    with pytest.warns(RuntimeWarning):
+    one = torch.randn(1, 3, requires_grad=True)  # N = 1: no other row at all, through the module (default backend)
+    with pytest.warns(RuntimeWarning, match="no row has a positive"):
         loss = MultiPositiveContrastiveLoss()(one, torch.zeros(1, dtype=torch.long))
+    assert loss.item() == 0
     loss.backward()
     assert torch.equal(one.grad, torch.zeros_like(one))
 
@@ -428,15 +431,44 @@ def test_nt_xent_is_the_loss_with_ecg_ids(b: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The module and the functional
+# The config, the module and the functional
 
 
-def test_module_validates_hyperparameters_and_inputs() -> None:
-    for kwargs in ({"temperature": 0.0}, {"temperature": -0.1}, {"temperature": float("inf")},
-                   {"temperature": float("nan")}, {"reduction": "avg"}, {"weights": (1.0, -0.5)},
-                   {"weights": (float("nan"),)}, {"weights": [[1.0]]}):
-        with pytest.raises(ValueError):
-            MultiPositiveContrastiveLoss(**kwargs)
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"temperature": 0.0}, "temperature"), ({"temperature": -0.1}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": True}, "temperature"), ({"temperature": "0.1"}, "temperature"),
+    ({"reduction": "avg"}, "reduction"), ({"weights": (1.0, -0.5)}, ">= 0"), ({"weights": (float("nan"),)}, "finite"),
+    ({"weights": [[1.0]]}, "weights"), ({"weights": ()}, "non-empty"), ({"weights": "ab"}, "weights"),
+    ({"weights": (True,)}, "numbers"), ({"normalize": 1}, "normalize"), ({"gather": "yes"}, "gather"),
+])
+def test_config_and_module_reject_bad_hyperparameters(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ContrastiveLossConfig(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        MultiPositiveContrastiveLoss(**kwargs)
+    z, ids = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=match):  # the functional validates through the same config
+        multi_positive_contrastive_loss(z, ids, **kwargs)
+
+
+def test_config_defaults_weights_and_frozen() -> None:
+    c = ContrastiveLossConfig()
+    assert (c.temperature, c.weights, c.normalize, c.reduction, c.gather) == (0.1, None, True, "mean", True)
+    assert c.weights_for(3) == (1.0, 1.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.temperature = 0.2
+    w = ContrastiveLossConfig(weights=torch.tensor([1.0, 0.5]))  # a tensor or a list is stored as a float tuple
+    assert w.weights == (1.0, 0.5) and ContrastiveLossConfig(weights=[2, 0]).weights == (2.0, 0.0)
+    assert w.weights_for(2) == (1.0, 0.5)
+    with pytest.raises(ValueError, match="2 weights for 3"):
+        w.weights_for(3)
+    assert ContrastiveLossConfig(temperature=1).temperature == 1  # an int is a number
+    # the config's reductions are the reference's (configs.py imports no torch, so it keeps its own copy)
+    assert REDUCTIONS == ecgfast.reference.contrastive_loss.REDUCTIONS
+
+
+def test_module_validates_inputs_and_holds_its_config() -> None:
     loss_fn = MultiPositiveContrastiveLoss(weights=(1.0, 1.0))
     z, ids = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     with pytest.raises(ValueError, match="2 weights for 1"):
@@ -451,7 +483,14 @@ def test_module_validates_hyperparameters_and_inputs() -> None:
         MultiPositiveContrastiveLoss()(z, ids, view_ids=torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(N, d\)"):
         MultiPositiveContrastiveLoss()(torch.randn(4), ids)
-    assert "temperature=0.1" in repr(loss_fn)
+    with pytest.raises(ValueError, match="must be one of"):
+        MultiPositiveContrastiveLoss(backend="cuda-magic")(z, ids)
+    assert "temperature=0.1" in repr(loss_fn) and "backend=None" in repr(loss_fn)
+    cfg = ContrastiveLossConfig(temperature=0.3, weights=(1.0, 0.2), reduction="sum", gather=False)
+    from_config = MultiPositiveContrastiveLoss(config=cfg, backend="torch")
+    assert from_config.config is cfg
+    expected = multi_positive_contrastive_loss_reference(z, [ids, ids // 2], 0.3, (1.0, 0.2), reduction="sum")
+    torch.testing.assert_close(from_config(z, ids, ids // 2), expected, rtol=0, atol=0)
 
 
 def test_module_and_functional_match_the_reference() -> None:
@@ -466,118 +505,33 @@ def test_module_and_functional_match_the_reference() -> None:
     torch.testing.assert_close(module(z, torch.stack([ecg, patient]), view_ids=views), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(multi_positive_contrastive_loss(z, [ecg, patient], 0.2, [1.0, 0.25], views),
                                expected, rtol=1e-5, atol=1e-6)
+    # without torch.distributed, gather=True is a no-op: the same loss
+    torch.testing.assert_close(multi_positive_contrastive_loss(z, [ecg, patient], 0.2, [1.0, 0.25], views,
+                                                               gather=False), expected, rtol=1e-5, atol=1e-6)
+    # normalize=False and reduction="none" reach the op too
+    unit = F.normalize(z, dim=1)
+    per_row = MultiPositiveContrastiveLoss(normalize=False, reduction="none")(unit, ecg)
+    torch.testing.assert_close(per_row, multi_positive_contrastive_loss_reference(unit, [ecg], normalize=False,
+                                                                                 reduction="none"),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(ecgfast.reference.contrastive_loss, extraglobs={"torch": torch})
+    assert result.failed == 0 and result.attempted > 0
+    runner = doctest.DocTestRunner()
+    for example in doctest.DocTestFinder().find(MultiPositiveContrastiveLoss, globs=vars(ecgfast.nn)):
+        runner.run(example)
+    assert runner.failures == 0 and runner.tries > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Distributed: 2 gloo processes with different inputs on each rank
-
-DDP_CASES = ("mean", "mean_unequal", "sum", "none")
-D_IN, D_OUT = 5, 4
+# Distributed: 2 gloo processes with different inputs on each rank (tests/ddp_harness.py)
 
 
-def ddp_inputs(rank: int, case: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank-dependent inputs (x, ecg, patient, view): 2 views of 3 ECGs per rank, patients shared across ranks.
-
-    Rank 0 holds patients 10, 11, 12, rank 1 patients 11, 12, 13: positives cross ranks. In "mean_unequal" rank 1
-    also holds a row without any positive and rank 0 one ECG fewer.
-    """
-    gen = torch.Generator().manual_seed(1234 + 17 * rank)
-    ecgs = torch.arange(3) + 3 * rank
-    patients = torch.arange(3) + 10 + rank
-    if case == "mean_unequal" and rank == 0:
-        ecgs, patients = ecgs[:2], patients[:2]
-    ecg, patient = ecgs.repeat(2), patients.repeat(2)
-    view = torch.arange(2).repeat_interleave(len(ecgs))
-    if case == "mean_unequal" and rank == 1:  # a lone ECG of a lone patient: no positive anywhere
-        ecg, patient, view = torch.cat([ecg, torch.tensor([99])]), torch.cat([patient, torch.tensor([99])]), \
-            torch.cat([view, torch.tensor([0])])
-    x = torch.randn(len(ecg), D_IN, generator=gen, dtype=torch.float64) * (1 + rank)  # different scales per rank
-    return x, ecg, patient, view
-
-
-def ddp_model() -> torch.nn.Linear:
-    torch.manual_seed(0)
-    return torch.nn.Linear(D_IN, D_OUT).double()
-
-
-DDP_LOSS_KWARGS = {"temperature": 0.2, "weights": (1.0, 0.5)}
-
-
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=30))
-        results = {}
-        for case in DDP_CASES:
-            x, ecg, patient, view = ddp_inputs(rank, case)
-            model = ddp_model()
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            z = ddp(x)
-            z.retain_grad()
-            reduction = "none" if case == "none" else "sum" if case == "sum" else "mean"
-            loss_fn = MultiPositiveContrastiveLoss(reduction=reduction, **DDP_LOSS_KWARGS)
-            loss = loss_fn(z, ecg, patient, view_ids=view)
-            (loss.mean() if case == "none" else loss).backward()
-            results[case] = {"loss": loss.detach(), "z_grad": z.grad, "weight_grad": model.weight.grad,
-                             "bias_grad": model.bias.grad}
-            del ddp, z, loss  # DDP's reducer holds gloo work: release it while the process group is alive
-            gc.collect()
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo down while the other still talks to it (an abort at exit otherwise)
-        dist.destroy_process_group()
-    except Exception:  # the parent reads this and fails with it
-        (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed + gloo")
+@pytest.mark.skipif(not GLOO, reason="needs torch.distributed + gloo")
 def test_two_ranks_match_the_single_process_full_batch(tmp_path: Path) -> None:
-    world = 2
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, str(tmp_path))) for r in range(world)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)  # a hang fails the test instead of blocking CI
-    hung = [p for p in procs if p.is_alive()]
-    for p in hung:
-        p.terminate()
-        p.join(5)
-    errors = "\n".join(f.read_text() for f in sorted(tmp_path.glob("*.err")))
-    assert not hung, f"distributed workers hung (timeout)\n{errors}"
-    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
-
-    for case in DDP_CASES:
-        inputs = [ddp_inputs(r, case) for r in range(world)]
-        x, ecg, patient, view = (torch.cat(parts) for parts in zip(*inputs, strict=True))
-        model = ddp_model()
-        z = model(x)
-        z.retain_grad()
-        reduction = "none" if case == "none" else "sum" if case == "sum" else "mean"
-        full = MultiPositiveContrastiveLoss(reduction=reduction, **DDP_LOSS_KWARGS)(z, ecg, patient, view_ids=view)
-        sizes = [len(part[0]) for part in inputs]
-        if case == "none":
-            # per-row losses are the full batch's rows; each rank's .mean() under DDP is the full mean's gradient
-            torch.testing.assert_close(torch.cat([r[case]["loss"] for r in ranks]), full.detach())
-            full.mean().backward()
-        else:
-            # the mean over ranks of the per-rank losses is the full-batch loss
-            torch.testing.assert_close(torch.stack([r[case]["loss"] for r in ranks]).mean(), full.detach())
-            full.backward()
-        # DDP averaged the parameter gradients: every rank holds the full-batch gradient
-        for r in ranks:
-            torch.testing.assert_close(r[case]["weight_grad"], model.weight.grad, rtol=1e-10, atol=1e-12)
-            torch.testing.assert_close(r[case]["bias_grad"], model.bias.grad, rtol=1e-10, atol=1e-12)
-        # and each rank's embedding gradient, divided by the world size (what DDP's average does), is its block
-        # of the full-batch embedding gradient
-        assembled = torch.cat([r[case]["z_grad"] for r in ranks]) / world
-        torch.testing.assert_close(assembled, z.grad, rtol=1e-10, atol=1e-12)
-        assert z.grad[: sizes[0]].abs().sum() > 0 and z.grad[sizes[0]:].abs().sum() > 0
+    """The gather and the gradient scaling of the functional on the reference backend, in float64."""
+    ranks = run_ranks(tmp_path, "torch", torch.float64)
+    assert_ranks_match_the_full_batch(ranks, torch.float64, rtol=1e-10, atol=1e-12)
+    assert all(r["kernel_calls"] == 0 for r in ranks)  # the reference ran, no fused kernel

@@ -1,5 +1,6 @@
 """Installed without the C++ extension (plain ``pip install -e .``, or ``ECGFAST_SKIP_EXT=1``) on a CPU machine:
-every op falls back to plain torch and the whole step still runs, with the same numbers as the reference."""
+ecgfast.ops.backends finds no extension at import, every op falls back to plain torch and both ops still run,
+with the same numbers as the reference; asking for the extension's backend is a clear error."""
 
 from __future__ import annotations
 
@@ -10,24 +11,43 @@ import sys
 SCRIPT = r"""
 import sys
 sys.modules["ecgfast._C"] = None  # as if setup.py had not built it: importing it raises ImportError
+import pytest
 import torch
-from ecgfast.augment import ECGAugment
-from ecgfast.loss import MultiPositiveContrastiveLoss
-from ecgfast.ops.contrastive_loss import resolve_backend
-from ecgfast.ops.vcg_augment import available_backends, default_backend
+from ecgfast.nn import MultiPositiveContrastiveLoss, VCGAugment
+from ecgfast.ops import backends
+from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
+from ecgfast.ops.vcg_augment import vcg_augment
 from ecgfast.reference.contrastive_loss import multi_positive_contrastive_loss_reference
+from ecgfast.reference.vcg_augment import vcg_augment_views_reference
 
-assert available_backends("cpu") == ("torch",), available_backends("cpu")
-assert default_backend("cpu") == "torch"
+assert backends.EXTENSION_LOADED is False
+assert not hasattr(torch.ops.ecgfast, "vcg_augment") and not hasattr(torch.ops.ecgfast, "mp_contrastive_lse_fwd")
+for op in ("vcg_augment", "contrastive_loss"):
+    assert backends.available_backends(op, "cpu") == ("torch",), backends.available_backends(op, "cpu")
+    assert backends.default_backend(op, "cpu") == "torch"
+    with pytest.raises(ValueError, match="not available"):
+        backends.resolve_backend(op, "cpu", "cpp")
+print("loss backend", backends.resolve_backend("contrastive_loss", "cpu"))
+
 z = torch.randn(12, 8, requires_grad=True)
 ids = torch.arange(12) // 3
-print("loss backend", resolve_backend("cpu"))
 loss = MultiPositiveContrastiveLoss()(z, ids)
-torch.testing.assert_close(loss, multi_positive_contrastive_loss_reference(z, ids), rtol=1e-6, atol=1e-6)
+torch.testing.assert_close(loss, multi_positive_contrastive_loss_reference(z, ids), rtol=0, atol=0)
 loss.backward()
-g = torch.Generator().manual_seed(0)
-views = ECGAugment(backend="auto")(torch.randn(3, 8, 250), g)
-assert views.shape == (3, 8, 250) and torch.isfinite(views).all()
+assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+with pytest.raises(ValueError, match="not available"):
+    multi_positive_contrastive_loss(z, ids, backend="cpp")
+
+q = torch.randint(-2000, 2000, (3, 8, 250), dtype=torch.int16)
+gain, baseline = torch.full((3,), 200.0), torch.zeros(3)
+halves = torch.tensor([[0, 0, 0], [125, 125, 125]])
+views, p = VCGAugment(noise_std=0.05)(q, gain, baseline, windows=halves, length=125, return_params=True)
+assert views.shape == (2, 3, 8, 125) and torch.isfinite(views).all()
+expected = vcg_augment_views_reference(q, gain, baseline, p.matrices, p.mask_starts, p.mask_length, 0.05,
+                                       p.noise_seed, halves, 125)
+assert torch.equal(views, expected)
+with pytest.raises(ValueError, match="not available"):
+    vcg_augment(q, gain, baseline, backend="cpp")
 print("ok")
 """
 

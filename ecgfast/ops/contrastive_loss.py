@@ -83,7 +83,8 @@ def _triton_lse_fwd(x: torch.Tensor, view_ids: torch.Tensor | None, offset: int,
     x = x.contiguous()
     cfg = mp_contrastive_block_sizes(d, x.is_cuda)
     lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    views = view_ids if view_ids is not None else x  # a dummy pointer when HAS_VIEWS is False
+    # the kernels index the view ids by row (pointer + i): a strided view (e.g. ids[::2]) must be made contiguous
+    views = view_ids.contiguous() if view_ids is not None else x  # x: a dummy pointer when HAS_VIEWS is False
     grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
     _mp_contrastive_fwd_kernel[grid](
         x, views, lse, n, d, n_rows, offset, x.stride(0), LOG2E / temperature, HAS_VIEWS=view_ids is not None,
@@ -110,7 +111,7 @@ def _triton_lse_bwd(grad_lse: torch.Tensor, x: torch.Tensor, view_ids: torch.Ten
     cfg = mp_contrastive_block_sizes(d, x.is_cuda)
     launch = {k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")}
     blocks = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DO")}
-    views = view_ids if view_ids is not None else x
+    views = view_ids.contiguous() if view_ids is not None else x  # indexed by row, as in the forward
     common = dict(HAS_VIEWS=view_ids is not None, DOT_PRECISION=_dot_precision(x), **blocks, **launch)
     dx = torch.empty(n, d, dtype=torch.float32, device=x.device)
     d_chunks = triton.cdiv(d, cfg["BLOCK_DO"])
