@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import torch
 import wfdb
+from pretrain_step import make_pretrain_step
 
 from ecgfast import LEADS
 from ecgfast.data.dali_loader import DALIStoreLoader, dali_available
@@ -202,38 +203,6 @@ def profile_data_wait(loader: Iterable, step: Callable[[tuple[torch.Tensor, ...]
     return {"wait_s": wait, "compute_s": compute, "wait_share": wait / (wait + compute)}
 
 
-def make_train_step() -> Callable[[tuple[torch.Tensor, ...]], None]:
-    """One pretraining step as ecgfast.train runs it (decode, intersegment views, augmentation, encoder, loss,
-    backward, clip, Adam), on DEVICE, for the model ``ECGFAST_BENCH_MODEL``."""
-    from ecgfast.augment import ECGAugment
-    from ecgfast.loss import MultiPositiveContrastiveLoss
-    from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
-    from ecgfast.train import ContrastivePretrainer
-    from ecgfast.views import make_views, row_ids
-
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    model = ContrastivePretrainer(DualStreamTemporalNet(temporalnet_config(STEP_MODEL))).to(DEVICE)
-    fwd = torch.compile(model) if os.environ.get("ECGFAST_BENCH_COMPILE") == "1" else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-4)
-    aug, loss_fn = ECGAugment(backend="auto"), MultiPositiveContrastiveLoss(temperature=0.1, weights=(1.0, 1.0))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=DEVICE.type == "cuda")
-
-    def step(batch: tuple[torch.Tensor, ...]) -> None:
-        samples, gain, baseline, record, patient = batch
-        x = decode(samples.to(DEVICE, non_blocking=True), gain.to(DEVICE), baseline.to(DEVICE))
-        views = aug(make_views(x, "intersegment", 2500, gen).flatten(0, 1), gen)
-        with autocast:
-            z = fwd(views).float().flatten(0, 1)
-        loss = loss_fn(z, row_ids(record.to(DEVICE), 2, 2), row_ids(patient.to(DEVICE), 2, 2))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 @pytest.mark.benchmark(group="train-step-data-wait")
 def test_step_data_wait_share(benchmark, store, backend):
@@ -243,7 +212,8 @@ def test_step_data_wait_share(benchmark, store, backend):
     steps = int(os.environ.get("ECGFAST_BENCH_STEPS", "3"))
     sampler = PatientBatchSampler(store.patient_ids, STEP_BATCH, k_per_patient=4, seed=0)
     loader = make_input(store, sampler, patient_codes(store), backend=backend, device=DEVICE, workers=WORKERS)
-    step, results = make_train_step(), []
+    _, _, _, train_step = make_pretrain_step(STEP_MODEL, DEVICE, os.environ.get("ECGFAST_BENCH_COMPILE") == "1")
+    step, results = train_step, []
 
     def run() -> None:
         sampler.set_epoch(len(results))

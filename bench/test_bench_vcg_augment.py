@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from ecgfast.ops.backends import available_backends
-from ecgfast.ops.vcg_augment import vcg_augment
+from ecgfast.ops.vcg_op import vcg_augment
 from ecgfast.ops.vcg_params import sample_vcg_params
 from ecgfast.reference.vcg_augment import crop_windows, decode_int16, vcg_augment_reference
 

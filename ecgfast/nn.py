@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .ops.contrastive_loss import ContrastiveLossConfig, multi_positive_contrastive_loss
-from .ops.vcg_augment import OUT_DTYPES, vcg_augment
+from .ops.vcg_op import OUT_DTYPES, vcg_augment
 from .ops.vcg_params import VCGAugmentConfig, VCGAugmentParams
 
 __all__ = ["MultiPositiveContrastiveLoss", "VCGAugment"]
@@ -24,7 +24,7 @@ class VCGAugment(nn.Module):
 
     Holds hyperparameters only. Randomness comes from ``(seed, offset)``: pass ``offset`` (e.g. the training step)
     for reproducible runs; without it the module counts its calls and uses the count, so consecutive calls give
-    new views. Views never require grad (see :mod:`ecgfast.ops.vcg_augment`).
+    new views. Views never require grad (see :mod:`ecgfast.ops.vcg_op`).
 
     Args:
         config: the hyperparameters (:class:`~ecgfast.ops.vcg_params.VCGAugmentConfig`; default the paper's:

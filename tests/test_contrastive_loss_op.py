@@ -187,8 +187,6 @@ def test_fewer_than_two_rows_give_the_references_zero_with_a_warning(backend: st
     assert module_loss.item() == 0 and module_loss.dtype == torch.float64
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="source bug: N = 0 raises 'rows must be a non-empty "
-                   "slice' instead of returning the reference's loss 0 (the docstring: N < 2 gives 0)")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_empty_batch_gives_the_references_zero(backend: str) -> None:
     z = torch.randn(0, 5, requires_grad=True)

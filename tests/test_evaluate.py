@@ -1,10 +1,10 @@
-"""The downstream protocol (ecgfast-eval, ecgfast-embed): label fractions, AUROC and its intervals, the
-logistic regression, an end-to-end run of all three arms with resume, and the errors on bad input.
+"""The downstream protocol (ecgfast-eval, ecgfast-embed): the budget rule every arm shares, label fractions and the
+carved validation patients, AUROC and its intervals, the linear probe, the leakage refusal, short records, an
+end-to-end run of all three arms with resume, the reports, and the errors on bad input.
 
-Everything runs on a 60-patient synthetic store (half train, a quarter each val and test, so that both
-classes reach every split) with the tiny preset and a few optimisation steps: the file takes about a minute
-on a 2-core CPU. The "pretrained" checkpoint is a randomly initialised encoder: the protocol, not the
-pretraining, is under test.
+Everything runs on an 80-patient synthetic store at 100 Hz (half train, a quarter each val and test; 5 s segments
+of 500 samples, five times cheaper than 500 Hz) with the tiny preset and a few epochs. The "pretrained" checkpoint
+is a randomly initialised encoder: the protocol, not the pretraining, is under test.
 """
 
 from __future__ import annotations
@@ -18,47 +18,53 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.metrics import roc_auc_score
 
-from ecgfast.checkpoint import save_checkpoint
+from ecgfast.data.preprocess import PreprocessConfig
 from ecgfast.data.store import ECGStore
 from ecgfast.data.synthetic import SyntheticReader
-from ecgfast.embed import encode_records, fit_logistic_regression, record_segments
-from ecgfast.embed import main as embed_main
-from ecgfast.eval_report import auroc, bootstrap_auroc, seed_interval, weighted_auroc
-from ecgfast.evaluate import (
-    EvalConfig,
-    EvalError,
-    Evaluator,
-    _batches,
-    cell_path,
-    load_task,
-    main,
-    patient_labels,
-    run_evaluation,
-    sample_fraction_patients,
-    schedule,
-)
+from ecgfast.data.windows import segment_starts
+from ecgfast.eval.cli import embed_main, main
+from ecgfast.eval.config import EvalConfig
+from ecgfast.eval.embed import encode_records, record_segments
+from ecgfast.eval.probe import select_probe
+from ecgfast.eval.protocol import Evaluator, batches
+from ecgfast.eval.report import auroc, bootstrap_auroc, seed_interval, summarize, task_title, weighted_auroc
+from ecgfast.eval.run import cell_path, run_evaluation
+from ecgfast.eval.tasks import EvalError, load_task, patient_labels, sample_fractions
 from ecgfast.models.temporalnet import DualStreamTemporalNet, ECGClassifier, temporalnet_config
 from ecgfast.prepare import SplitConfig, prepare_store
+from ecgfast.pretrain.checkpoint import save_checkpoint
+from ecgfast.pretrain.provenance import pretraining_provenance
 
 OUTPUTS = ("results.csv", "summary.json", "summary.md", "auroc_vs_fraction.png")
+SEGMENT = 500  # 5 s at the test store's 100 Hz
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
-    """60 patients, seed 10: train 34 (14 low_ef, 6 hyperk positive), val 14 (5, 2), test 12 (3, 3) patients."""
+    """80 synthetic patients, seed 10, at 100 Hz: half of them train, a quarter each val and test."""
     path = tmp_path_factory.mktemp("eval") / "store"
-    prepare_store([SyntheticReader(n_patients=60, seed=10)], path, split=SplitConfig(fractions=(0.5, 0.25, 0.25)),
-                  workers=1, progress=False)
+    prepare_store([SyntheticReader(n_patients=80, seed=10)], path, PreprocessConfig(fs=100.0),
+                  split=SplitConfig(fractions=(0.5, 0.25, 0.25)), workers=1, progress=False)
     return path
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def _encoder_checkpoint(run: Path, provenance: dict | None) -> Path:
     torch.manual_seed(0)
-    run = tmp_path_factory.mktemp("pretrain")
-    save_checkpoint(run, 0, DualStreamTemporalNet(temporalnet_config("tiny")), {}, config={"model": "tiny"})
+    save_checkpoint(run, 0, DualStreamTemporalNet(temporalnet_config("tiny")), {}, config={"model": "tiny"},
+                    provenance=provenance)
     return run
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, store_path) -> Path:
+    """An encoder 'pretrained' on the store's train split (as ecgfast-train records it)."""
+    store = ECGStore(store_path)
+    prov = pretraining_provenance(store, ["train"], store.split_indices("train"))
+    return _encoder_checkpoint(tmp_path_factory.mktemp("pretrain"), prov)
 
 
 def _edited_store(src: Path, dst: Path, **columns) -> Path:
@@ -72,8 +78,8 @@ def _edited_store(src: Path, dst: Path, **columns) -> Path:
 
 
 def _config(store: Path, out: Path, checkpoint: Path | None, **kw) -> EvalConfig:
-    base = {"tasks": ("low_ef",), "fractions": (50.0, 100.0), "seeds": 1, "epochs": 2, "max_steps": 2, "evals": 2,
-            "batch_size": 8, "eval_batch_size": 64, "n_boot": 200, "progress": False}
+    base = {"tasks": ("low_ef",), "fractions": (50.0, 100.0), "seeds": 1, "epochs": 2, "patience": 2,
+            "batch_size": 16, "eval_batch_size": 64, "n_boot": 200, "progress": False, "segment": SEGMENT}
     return EvalConfig(store=str(store), out=str(out), checkpoint=str(checkpoint) if checkpoint else None,
                       **{**base, **kw})
 
@@ -82,18 +88,18 @@ def _config(store: Path, out: Path, checkpoint: Path | None, **kw) -> EvalConfig
 
 
 @pytest.mark.parametrize("n, n_levels", [(7, 3), (50, 5), (333, 1000)])
-def test_auroc_matches_sklearn_with_ties(n, n_levels):
-    metrics = pytest.importorskip("sklearn.metrics")
+def test_auroc_is_sklearns_and_the_weighted_form_matches_sample_weights(n, n_levels):
     rng = np.random.default_rng(n)
     y = rng.integers(0, 2, n)
     y[:2] = [0, 1]
     scores = rng.integers(0, n_levels, n).astype(float)  # few levels: many ties across the classes
-    assert auroc(y, scores) == pytest.approx(metrics.roc_auc_score(y, scores), abs=1e-12)
+    assert auroc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
     assert weighted_auroc(y, scores, np.ones((1, n)))[0] == pytest.approx(auroc(y, scores), abs=1e-12)
-    counts = rng.integers(0, 4, n)
-    counts[:2] = 1
-    expanded = np.repeat(np.arange(n), counts)  # integer weights are copies of records
-    assert weighted_auroc(y, scores, counts[None])[0] == pytest.approx(auroc(y[expanded], scores[expanded]))
+    weights = rng.integers(0, 4, (5, n)).astype(float)
+    weights[:, :2] = 1
+    fast = weighted_auroc(y, scores, weights)
+    for b in range(5):  # the vectorised bootstrap kernel is sklearn's AUROC under sample weights
+        assert fast[b] == pytest.approx(roc_auc_score(y, scores, sample_weight=weights[b]), abs=1e-12)
 
 
 def test_auroc_rejects_one_class_and_nan():
@@ -129,37 +135,57 @@ def test_bootstrap_resamples_patients_not_records():
     assert (hi5 - lo5) == pytest.approx(hi1 - lo1, rel=0.2)
 
 
-def test_seed_interval_is_student_t():
+def test_seed_interval_is_student_t_and_one_seed_shows_its_bootstrap_interval():
     v = [0.71, 0.74, 0.69, 0.73, 0.75]
     mean, lo, hi = seed_interval(v)
     ref = stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
     assert (mean, lo, hi) == pytest.approx((np.mean(v), *ref))
     assert np.isnan(seed_interval([0.7])[1])
+    one = pd.DataFrame([{"task": "t", "arm": "random", "fraction": 1.0, "seed": 0, "test_auroc": 0.545,
+                         "test_lo": 0.41, "test_hi": 0.66, "n_train_patients": 8, "n_val_patients": 2}])
+    row = summarize(one).iloc[0]
+    assert (row["lo"], row["hi"], row["interval"]) == (0.41, 0.66, "bootstrap")  # never [0.545, 0.545]
 
 
-# ---- label fractions, schedule, batches --------------------------------------------------------------------------
+# ---- label fractions and the carved validation patients ----------------------------------------------------------
 
 
 def test_fractions_are_stratified_nested_and_deterministic():
     labels = (np.random.default_rng(0).random(803) < 0.23).astype(float)
     fractions = (1, 5, 10, 50, 100)
-    draws = sample_fraction_patients(labels, fractions, seed=3, task="t")
+    draws = sample_fractions(labels, fractions, seed=3, task="t", carve_share=None)
     n_pos, n_neg = labels.sum(), (1 - labels).sum()
-    for f, idx in draws.items():
-        assert labels[idx].sum() == np.floor(f / 100 * n_pos + 0.5)
-        assert (1 - labels[idx]).sum() == np.floor(f / 100 * n_neg + 0.5)
+    for f, d in draws.items():
+        assert len(d.val) == 0
+        assert labels[d.train].sum() == np.floor(f / 100 * n_pos + 0.5)
+        assert (1 - labels[d.train]).sum() == np.floor(f / 100 * n_neg + 0.5)
     for small, large in zip(fractions[:-1], fractions[1:], strict=True):
-        assert set(draws[small]) <= set(draws[large])
-    assert len(draws[100]) == len(labels)
-    again = sample_fraction_patients(labels, fractions[::-1], seed=3, task="t")  # order of fractions irrelevant
-    assert all(np.array_equal(draws[f], again[f]) for f in fractions)
-    assert not np.array_equal(draws[10], sample_fraction_patients(labels, (10,), seed=4, task="t")[10])
+        assert set(draws[small].train) <= set(draws[large].train)
+    assert len(draws[100].train) == len(labels)
+    again = sample_fractions(labels, fractions[::-1], seed=3, task="t", carve_share=None)  # order irrelevant
+    assert all(np.array_equal(draws[f].train, again[f].train) for f in fractions)
+    other = sample_fractions(labels, (10,), seed=4, task="t", carve_share=None)[10].train
+    assert not np.array_equal(draws[10].train, other)
 
 
-def test_fraction_without_both_classes_is_named():
-    labels = np.array([1.0] * 5 + [0.0] * 45)
-    with pytest.raises(EvalError, match=r"1 % of the 50 .*0 positive"):
-        sample_fraction_patients(labels, (1, 50), seed=0)
+def test_carved_validation_is_patient_disjoint_stratified_and_nested():
+    labels = (np.random.default_rng(1).random(500) < 0.1).astype(float)  # 10 % positive, as a rare diagnosis
+    fractions = (1, 5, 10, 50, 100)
+    draws = sample_fractions(labels, fractions, seed=0, task="rare", carve_share=0.2)
+    for f, d in draws.items():
+        assert not set(d.train) & set(d.val)  # patient-disjoint
+        for part in (d.train, d.val):  # both classes on both sides, however small the fraction
+            assert 0 < labels[part].sum() < len(part)
+        kept = len(d.train) + len(d.val)
+        n_pos = labels.sum()
+        assert labels[np.concatenate([d.train, d.val])].sum() == max(2, np.floor(f / 100 * n_pos + 0.5))
+        if kept >= 100:  # about the requested share of each class validates
+            assert 0.15 < len(d.val) / kept < 0.25
+    for small, large in zip(fractions[:-1], fractions[1:], strict=True):
+        assert set(draws[small].train) <= set(draws[large].train)  # nested on both sides
+        assert set(draws[small].val) <= set(draws[large].val)
+    with pytest.raises(EvalError, match="at least 2 of each class"):
+        sample_fractions(np.array([1.0] + [0.0] * 40), (50,), seed=0, carve_share=0.2)
 
 
 def test_fraction_patients_are_train_patients_only(store_path):
@@ -168,27 +194,50 @@ def test_fraction_patients_are_train_patients_only(store_path):
     codes, lab = patient_labels(task.y["train"], task.patients["train"])
     held_out = set(task.patients["val"]) | set(task.patients["test"])
     for seed in range(3):
-        for idx in sample_fraction_patients(lab, (10, 50, 100), seed, "low_ef").values():
-            assert set(codes[idx]) <= set(task.patients["train"]) and not set(codes[idx]) & held_out
+        for d in sample_fractions(lab, (10, 50, 100), seed, "low_ef").values():
+            chosen = set(codes[d.train]) | set(codes[d.val])
+            assert chosen <= set(task.patients["train"]) and not chosen & held_out
 
 
-def test_schedule_and_balanced_batches():
-    assert schedule(100, 32, epochs=3, max_steps=None, evals=None) == (12, [4, 8, 12])  # each epoch's end
-    assert schedule(100, 32, epochs=30, max_steps=10, evals=2) == (10, [5, 10])
+def test_balanced_batches():
     y = np.array([1] * 3 + [0] * 40)
-    batches = _batches(y, 8, balanced=True, rng=np.random.default_rng(0))
-    assert all(y[next(batches)].sum() == 4 for _ in range(10))
+    stream = batches(y, 8, balanced=True, rng=np.random.default_rng(0))
+    assert all(y[next(stream)].sum() == 4 for _ in range(10))
 
 
-def test_logistic_regression_matches_sklearn():
-    linear_model = pytest.importorskip("sklearn.linear_model")
+# ---- the linear probe ----------------------------------------------------------------------------------------------
+
+
+def _lbfgs_logistic(x, y, l2, weight=None):
+    """The hand-written probe ecgfast had before scikit-learn took over: the oracle of the port."""
+    n, d = x.shape
+    w = np.ones(n) if weight is None else weight
+    w = w / w.sum()
+
+    def loss_grad(theta):
+        z = x @ theta[:d] + theta[d]
+        loss = float(w @ (np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * theta[:d] @ theta[:d])
+        r = w * (expit(z) - y)
+        return loss, np.concatenate([x.T @ r + l2 * theta[:d], [r.sum()]])
+
+    res = minimize(loss_grad, np.zeros(d + 1), jac=True, method="L-BFGS-B",
+                   options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-12})
+    return res.x[:d], res.x[d]
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_probe_gives_the_results_of_the_hand_written_fit_it_replaced(balanced):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 6))
-    y = (x @ rng.normal(size=6) + rng.normal(size=200) > 0).astype(float)
-    coef, icpt = fit_logistic_regression(x, y, l2=0.05)
-    ref = linear_model.LogisticRegression(C=1 / (0.05 * len(y)), tol=1e-10, max_iter=10_000).fit(x, y)
-    np.testing.assert_allclose(coef, ref.coef_[0], atol=1e-4)
-    assert icpt == pytest.approx(ref.intercept_[0], abs=1e-4)
+    x = rng.normal(size=(200, 6)) * rng.uniform(0.5, 3, 6) + rng.normal(size=6)
+    y = (x @ rng.normal(size=6) + rng.normal(size=200) > 1).astype(float)
+    x_val = rng.normal(size=(80, 6)) * rng.uniform(0.5, 3, 6)
+    y_val = (rng.random(80) < 0.3).astype(float)
+    probe = select_probe(x, y, x_val, y_val, balanced=balanced)
+    mean, std = x.mean(0), x.std(0)
+    weight = np.where(y == 1, 0.5 / y.sum(), 0.5 / (len(y) - y.sum())) if balanced else None
+    coef, icpt = _lbfgs_logistic((x - mean) / std, y, probe.l2, weight)
+    expected = ((x_val - mean) / std) @ coef + icpt
+    np.testing.assert_allclose(probe.decision_function(x_val), expected, atol=2e-4)
 
 
 def test_frozen_features_give_the_classifiers_logits(store_path):
@@ -197,18 +246,76 @@ def test_frozen_features_give_the_classifiers_logits(store_path):
     torch.manual_seed(0)
     clf = ECGClassifier(DualStreamTemporalNet(temporalnet_config("tiny"))).freeze_encoder().eval()
     rows = np.array([0, 5])
-    feats = torch.from_numpy(encode_records(clf.encoder, store, rows))  # (2, 2 halves, D)
-    segments = record_segments(torch.from_numpy(store.read_mv(rows))).flatten(0, 1)  # (4, 8, 2500)
+    feats = torch.from_numpy(encode_records(clf.encoder, store, rows, SEGMENT))  # (2, 2 halves, D)
+    segments = record_segments(torch.from_numpy(store.read_mv(rows)), np.array([[0, 500]] * 2), SEGMENT).flatten(0, 1)
     with torch.no_grad():
         direct = clf(segments).view(2, 2)
         cached = clf.head.linear(feats)[..., 0]
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
 
 
+# ---- the budget rule ----------------------------------------------------------------------------------------------
+
+
+def test_every_arm_of_a_cell_gets_the_same_epochs_and_validation_points(store_path, checkpoint, tmp_path):
+    out = tmp_path / "rule"
+    run_evaluation(_config(store_path, out, checkpoint, fractions=(50.0,), epochs=2, patience=2))
+    cells = {arm: json.loads(cell_path(out, "low_ef", arm, 50.0, 0).read_text())
+             for arm in ("random", "frozen", "finetuned")}
+    for arm, cell in cells.items():
+        assert cell["settings"]["epochs"] == 2 and cell["settings"]["patience"] == 2, arm
+        assert cell["epochs_run"] == 2 and len(cell["val_auroc"]) == 2, arm  # one validation point per epoch
+        assert cell["best_epoch"] in (1, 2)
+        assert cell["val_auroc_best"] == max(v for v in cell["val_auroc"] if np.isfinite(v))
+    steps = {cell["steps_per_epoch"] for cell in cells.values()}
+    assert len(steps) == 1  # the same samples per epoch: no arm has a cap another lacks
+    # early stopping follows the same rule for every arm: stop after `patience` epochs without improvement
+    run_evaluation(_config(store_path, tmp_path / "stop", checkpoint, fractions=(50.0,), epochs=4, patience=1,
+                           arms=("random", "frozen")))
+    for arm in ("random", "frozen"):
+        cell = json.loads(cell_path(tmp_path / "stop", "low_ef", arm, 50.0, 0).read_text())
+        hist, best = cell["val_auroc"], cell["best_epoch"]
+        assert cell["epochs_run"] == len(hist) <= 4
+        assert len(hist) == 4 or len(hist) - best == 1, (arm, hist, best)
+
+
+# ---- leakage, short records -----------------------------------------------------------------------------------------
+
+
+def test_an_encoder_that_saw_the_test_patients_is_refused(store_path, tmp_path):
+    store = ECGStore(store_path)
+    everything = _encoder_checkpoint(tmp_path / "all", pretraining_provenance(store, ["train", "val", "test"],
+                                                                              np.arange(len(store))))
+    with pytest.raises(EvalError, match="refusing to evaluate: .* hold .* of the .* test patients"):
+        run_evaluation(_config(store_path, tmp_path / "o1", everything, arms=("frozen",)))
+    # the same patients in another store (another fingerprint): caught by the hash of the patient set
+    copy = _edited_store(store_path, tmp_path / "copy", record_id=lambda m: [f"r{i}" for i in range(len(m))])
+    with pytest.raises(EvalError, match="exactly this store's patients"):
+        run_evaluation(_config(copy, tmp_path / "o2", everything, arms=("frozen",)))
+    # an encoder from elsewhere: evaluated, and the report says the overlap could not be checked
+    unknown = _encoder_checkpoint(tmp_path / "elsewhere", None)
+    run_evaluation(_config(store_path, tmp_path / "o3", unknown, arms=("frozen",), fractions=(100.0,)))
+    assert "cannot be checked" in (tmp_path / "o3" / "summary.md").read_text()
+
+
+def test_records_shorter_than_a_segment_are_left_out_and_shorter_ones_use_their_valid_part(store_path, tmp_path):
+    valid = ECGStore(store_path).valid_length.copy()
+    valid[::7] = 400  # shorter than one 500-sample segment
+    valid[1::7] = 600  # one segment and a bit: two overlapping segments inside the valid part
+    short = _edited_store(store_path, tmp_path / "short", valid_length=valid)
+    store = ECGStore(short)
+    task = load_task(store, "low_ef", segment=SEGMENT)
+    assert sum(task.too_short.values()) == int((valid < SEGMENT).sum())
+    assert all((store.valid_length[task.rows[s]] >= SEGMENT).all() for s in task.rows)
+    assert segment_starts(store.valid_length[[1]], 2, SEGMENT).tolist() == [[0, 100]]  # inside the 600 valid samples
+    feats = encode_records(DualStreamTemporalNet(temporalnet_config("tiny")).eval(), store, np.array([1]), SEGMENT)
+    assert np.isfinite(feats).all() and feats.shape[:2] == (1, 2)
+
+
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 
-def test_end_to_end_all_arms_then_resume(store_path, checkpoint, tmp_path, monkeypatch):
+def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     summary = run_evaluation(_config(store_path, out, checkpoint))
     assert {(r.arm, r.fraction) for r in summary.itertuples()} == {(a, f) for a in ("random", "frozen", "finetuned")
@@ -218,15 +325,17 @@ def test_end_to_end_all_arms_then_resume(store_path, checkpoint, tmp_path, monke
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 6 and results["test_auroc"].between(0, 1).all()
     assert (results["test_lo"] <= results["test_auroc"]).all() and (results["test_auroc"] <= results["test_hi"]).all()
-    assert (results.loc[results.fraction == 100, "n_train_patients"] == 34).all()
+    task = load_task(ECGStore(store_path), "low_ef")
+    n_train = len(np.unique(task.patients["train"]))
+    full = results[results.fraction == 100]
+    assert (full["n_train_patients"] + full["n_val_patients"] == n_train).all()  # carved from the train patients
     md = (out / "summary.md").read_text()
     assert "| low_ef | 50 % |" in md and "finetuned - random" in md
+    for words in ("Budget rule, the same for every arm", "Seeds: 1", "Validation: carved", "test", "no test patient"):
+        assert words in md, words
     summary_json = json.loads((out / "summary.json").read_text())
-    assert summary_json["tasks"]["low_ef"]["test"]["patients"] == 12
-    assert summary_json["tasks"]["low_ef"]["test"]["positive_patients"] == 3
+    assert summary_json["tasks"]["low_ef"]["test"]["patients"] == len(np.unique(task.patients["test"]))
     assert "syn-p" not in md + json.dumps(summary_json) + results.to_csv()  # patient ids never reported
-    cell = json.loads(cell_path(out, "low_ef", "finetuned", 50.0, 0).read_text())
-    assert cell["steps"] == 2 and cell["best_step"] in cell["eval_steps"]
 
     def boom(*args, **kwargs):
         raise AssertionError("a finished cell was recomputed")
@@ -236,55 +345,69 @@ def test_end_to_end_all_arms_then_resume(store_path, checkpoint, tmp_path, monke
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), results)
     with pytest.raises(EvalError, match="other settings"):  # a saved cell made otherwise is not silently reused
         run_evaluation(_config(store_path, out, checkpoint, batch_size=4))
+    monkeypatch.undo()
+    # another fraction in the same folder adds rows: the reports cover every finished cell
+    run_evaluation(_config(store_path, out, checkpoint, fractions=(10.0,), arms=("random",)))
+    grown = pd.read_csv(out / "results.csv")
+    assert len(grown) == 7 and set(grown["fraction"]) == {10.0, 50.0, 100.0}
 
 
 def test_fast_frozen_agrees_with_trained_linear_head(store_path, checkpoint, tmp_path):
     outs = {}
     for fast in (False, True):  # the head trains to convergence on cached features: cheap
         cfg = _config(store_path, tmp_path / f"fast{fast}", checkpoint, arms=("frozen",), fast_frozen=fast,
-                      fractions=(100.0,), epochs=40, max_steps=400, evals=8, seeds=2)
+                      fractions=(100.0,), epochs=40, patience=40, seeds=2, val_source="store")
         outs[fast] = run_evaluation(cfg).iloc[0]
     linear, logistic = outs[False], outs[True]
     noise = (linear["boot_hi"] - linear["boot_lo"]) / 2  # half the width of the test-patient bootstrap interval
     assert abs(linear["mean"] - logistic["mean"]) <= noise, (linear["mean"], logistic["mean"], noise)
-    assert embed_main(["--store", str(store_path), "--checkpoint", str(checkpoint), "--out",
-                       str(tmp_path / "emb"), "--splits", "test", "--no-progress"]) == 0
+    assert embed_main(["--store", str(store_path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "emb"),
+                       "--splits", "test", "--segment", str(SEGMENT), "--no-progress"]) == 0
     with np.load(tmp_path / "emb" / "test.npz") as z:
-        assert z["features"].shape[1:] == (2, 64) and len(z["rows"]) == summary_test_records(store_path)
+        assert z["features"].shape[1:] == (2, 64) and len(z["rows"]) == len(ECGStore(store_path).split_indices("test"))
 
 
-def summary_test_records(store_path: Path) -> int:
-    return len(ECGStore(store_path).split_indices("test"))
+# ---- bad input and the first hour --------------------------------------------------------------------------------
 
 
-# ---- bad input --------------------------------------------------------------------------------------------------
-
-
-def _cli(capsys, *argv) -> tuple[int, str]:
+def _cli(capsys, *argv) -> tuple[int, str, str]:
     code = main([*map(str, argv), "--no-progress"])
-    return code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_unknown_task_lists_the_labels(store_path, tmp_path, capsys):
-    code, err = _cli(capsys, "--store", store_path, "--task", "lvef", "--out", tmp_path / "o")
-    assert code == 2 and "unknown task 'lvef'" in err and "hyperk, low_ef" in err
+def test_unknown_task_lists_the_labels_with_their_counts(store_path, tmp_path, capsys):
+    code, _, err = _cli(capsys, "--store", store_path, "--task", "lvef", "--out", tmp_path / "o")
+    assert code == 2 and "unknown task 'lvef'" in err and "low_ef" in err and "hyperk" in err
+    assert "train pos/labelled (pos patients)" in err
+    code, out, _ = _cli(capsys, "--store", store_path, "--list-tasks")
+    store = ECGStore(store_path)
+    n_pos = int(np.nansum(store.label("low_ef")[store.split_indices("test")]))
+    line = next(ln for ln in out.splitlines() if ln.startswith("low_ef"))
+    assert code == 0 and f"{n_pos:>8}/" in line
+
+
+def test_task_titles_name_known_codes():
+    assert task_title("dx:164889003") == "dx:164889003 (atrial fibrillation)"
+    assert task_title("MI") == "MI (myocardial infarction)"
+    assert task_title("my_label") == "my_label"
 
 
 def test_store_without_labels(store_path, tmp_path, capsys):
     bare = _edited_store(store_path, tmp_path / "bare", labels="{}")
-    code, err = _cli(capsys, "--store", bare, "--task", "low_ef", "--out", tmp_path / "o")
+    code, _, err = _cli(capsys, "--store", bare, "--task", "low_ef", "--out", tmp_path / "o")
     assert code == 2 and "has no labels" in err
 
 
 def test_task_with_one_class(store_path, tmp_path, capsys):
     flat = _edited_store(store_path, tmp_path / "flat", labels='{"low_ef": 0}')
-    code, err = _cli(capsys, "--store", flat, "--task", "low_ef", "--out", tmp_path / "o")
+    code, _, err = _cli(capsys, "--store", flat, "--task", "low_ef", "--out", tmp_path / "o")
     assert code == 2 and "0 positive" in err and "both classes" in err
 
 
 def test_frozen_arm_needs_a_checkpoint(store_path, tmp_path, capsys):
-    code, err = _cli(capsys, "--store", store_path, "--task", "low_ef", "--arms", "random", "frozen",
-                     "--out", tmp_path / "o")
+    code, _, err = _cli(capsys, "--store", store_path, "--task", "low_ef", "--arms", "random", "frozen",
+                        "--out", tmp_path / "o")
     assert code == 2 and "--checkpoint" in err and "frozen" in err
 
 
@@ -297,7 +420,7 @@ def test_store_that_mixes_patients(store_path, tmp_path, capsys):
         return split
 
     mixed = _edited_store(store_path, tmp_path / "mixed", split=leak)
-    code, err = _cli(capsys, "--store", mixed, "--task", "low_ef", "--out", tmp_path / "o")
+    code, _, err = _cli(capsys, "--store", mixed, "--task", "low_ef", "--out", tmp_path / "o")
     assert code == 2 and "more than one split" in err
 
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from wfdb_factory import ecg_like
 
-from ecgfast import prepare as prep
 from ecgfast.data.patients import clean_patient_id, patient_keys, source_names
 from ecgfast.data.readers.arrays import ArrayReader
 from ecgfast.data.splits import SplitError
 from ecgfast.data.store import ECGStore
+from ecgfast.prepare import pipeline as prep
 
 
 def _arrays(n: int, seed: int) -> np.ndarray:

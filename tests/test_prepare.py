@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from wfdb_factory import ecg_like, write_record
 
-from ecgfast import prepare as prep
 from ecgfast.data.readers.cinc import CinCReader
 from ecgfast.data.readers.wfdb_record import WFDBReader
 from ecgfast.data.store import ECGStore, StoreError
+from ecgfast.prepare import pipeline as prep
+from ecgfast.prepare.cli import main as prepare_main
 
 
 def _corpus(root):
@@ -138,12 +139,12 @@ def test_cli_end_to_end(tmp_path, capsys):
     pmap = tmp_path / "patients.csv"
     pd.DataFrame({"record_id": ["r0", "r1", "r2"], "patient_id": ["A", "A", "B"]}).to_csv(pmap, index=False)
     out = tmp_path / "st"
-    rc = prep.main([str(tmp_path / "src"), "--out", str(out), "--patients", str(pmap), "--quiet", "--workers", "1",
+    rc = prepare_main([str(tmp_path / "src"), "--out", str(out), "--patients", str(pmap), "--quiet", "--workers", "1",
                     "--notch", "50"])
     assert rc == 0 and "3 accepted" in capsys.readouterr().out
     store = ECGStore(out)
     assert store.fs == 500.0 and store.n_samples == 5000 and list(store.patient_ids) == ["A", "A", "B"]
     assert store.manifest["fs_source"].tolist() == [250.0] * 3
     assert store.info["preprocess"]["notch"] == 50.0
-    assert prep.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert prepare_main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "nowhere" in capsys.readouterr().err

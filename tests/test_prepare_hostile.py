@@ -21,13 +21,14 @@ import pandas as pd
 import pytest
 from wfdb_factory import ecg_like, set_header_field, write_record
 
-from ecgfast import prepare as prep
 from ecgfast.data import store as store_module
 from ecgfast.data.readers.cinc import CinCReader
 from ecgfast.data.readers.mimic import MIMICECGReader
 from ecgfast.data.readers.wfdb_record import WFDBReader, read_wfdb
 from ecgfast.data.record import RecordError
 from ecgfast.data.store import ECGStore, StoreError, write_json_atomic, write_shard
+from ecgfast.prepare import pipeline as prep
+from ecgfast.prepare.cli import main as prepare_main
 
 TESTS = Path(__file__).resolve().parent
 
@@ -57,7 +58,7 @@ def test_overwrite_refuses_a_folder_prepare_did_not_make(tmp_path):
     with pytest.raises(StoreError, match="not made by ecgfast-prepare"):
         _prepare([tmp_path / "src"], out, overwrite=True)
     assert (out / "thesis.tex").read_text() == "years of work"
-    assert prep.main([str(tmp_path / "src"), "--out", str(out), "--overwrite", "--quiet"]) == 2
+    assert prepare_main([str(tmp_path / "src"), "--out", str(out), "--overwrite", "--quiet"]) == 2
     assert (out / "thesis.tex").exists()
 
 
@@ -98,7 +99,7 @@ def test_a_second_run_on_the_same_out_is_refused_while_the_first_holds_it(tmp_pa
             _prepare([tmp_path / "src"], out)
     _prepare([tmp_path / "src"], out)
     (tmp_path / "file").write_text("x")
-    assert prep.main([str(tmp_path / "src"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
+    assert prepare_main([str(tmp_path / "src"), "--out", str(tmp_path / "file"), "--quiet"]) == 2
 
 
 # ---- 4: header values wfdb replaces silently; amplitudes no ECG has -------------------------------------------
@@ -353,7 +354,7 @@ def test_patient_ids_differing_only_by_surrounding_whitespace_are_one_patient(tm
     pmap = tmp_path / "patients.csv"
     pmap.write_text("record_id,patient_id\nr0, P1\nr1,P1 \nr2,\tP1\t\nr3,P2\n")
     out = tmp_path / "store"
-    assert prep.main([str(tmp_path / "src"), "--out", str(out), "--patients", str(pmap), "--quiet",
+    assert prepare_main([str(tmp_path / "src"), "--out", str(out), "--patients", str(pmap), "--quiet",
                       "--workers", "1"]) == 0
     store = ECGStore(out)
     assert list(store.manifest["patient_id"]) == ["P1", "P1", "P1", "P2"]

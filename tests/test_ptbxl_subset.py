@@ -12,13 +12,14 @@ import pytest
 from scipy.signal import resample_poly
 from wfdb_factory import LEADS12, ecg_like, write_record
 
-from ecgfast import prepare as prep
 from ecgfast.data.preprocess import PreprocessConfig, check_signal, preprocess
 from ecgfast.data.readers.label_table import is_binary_column, read_label_table
 from ecgfast.data.readers.ptbxl_subset import open_ptbxl_subset
 from ecgfast.data.readers.wfdb_record import WFDBReader
 from ecgfast.data.record import ECGRecord, RecordError, RejectReason
 from ecgfast.data.store import ECGStore
+from ecgfast.prepare import pipeline as prep
+from ecgfast.prepare.cli import main as prepare_main
 
 ORDER = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1..V6 within the 12-lead order
 FOLDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
@@ -83,7 +84,7 @@ def test_label_table_roles_inferred_and_chosen(tmp_path):
 
 def test_array_with_labels_csv_prepares_a_z_store_split_by_fold(tmp_path, subset, capsys):
     out = tmp_path / "explicit"
-    rc = prep.main([str(subset / "signals_100hz.npy"), "--labels", str(subset / "labels.csv"),
+    rc = prepare_main([str(subset / "signals_100hz.npy"), "--labels", str(subset / "labels.csv"),
                     "--record-id-column", "ecg_id", "--split-column", "strat_fold", "--array-fs", "100",
                     "--array-leads", ",".join(LEADS12), "--units", "z", "--out", str(out), "--quiet",
                     "--workers", "1"])
@@ -105,7 +106,7 @@ def test_array_with_labels_csv_prepares_a_z_store_split_by_fold(tmp_path, subset
     assert np.abs(store.read_mv([3])[0] - ref).max() <= 0.51 / store.gain[3] + 1e-5
 
     detected = tmp_path / "detected"
-    assert prep.main([str(subset), "--out", str(detected), "--quiet", "--workers", "1"]) == 0
+    assert prepare_main([str(subset), "--out", str(detected), "--quiet", "--workers", "1"]) == 0
     other = ECGStore(detected, verify=True)
     assert other.units == "z" and set(other.manifest["patient_ns"]) == {"ptbxl-subset"}
     pd.testing.assert_frame_equal(store.manifest.drop(columns=["patient_ns", "source"]),

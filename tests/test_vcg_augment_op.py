@@ -1,4 +1,4 @@
-"""The fused VCG augmentation op (ecgfast.ops.vcg_augment) on every backend available here, and its module.
+"""The fused VCG augmentation op (ecgfast.ops.vcg_op) on every backend available here, and its module.
 
 Oracles: the plain-torch reference (ecgfast.reference.vcg_augment) in float64, judged with STYLE.md's rule (error
 at most twice torch's own float32 / bf16 error plus a small atol); exact equality of the mask pattern; the view
@@ -29,7 +29,7 @@ import ecgfast.nn
 from ecgfast.nn import VCGAugment
 from ecgfast.ops import backends
 from ecgfast.ops.configs import VCGAugmentConfig
-from ecgfast.ops.vcg_augment import vcg_augment, vcg_augment_apply
+from ecgfast.ops.vcg_op import vcg_augment, vcg_augment_apply
 from ecgfast.ops.vcg_params import counter_seeds, sample_vcg_params
 from ecgfast.reference.vcg_augment import (
     crop_windows,
@@ -39,7 +39,7 @@ from ecgfast.reference.vcg_augment import (
     vcg_augment_views_reference,
 )
 
-op_module = importlib.import_module("ecgfast.ops.vcg_augment")
+op_module = importlib.import_module("ecgfast.ops.vcg_op")
 OP = "vcg_augment"
 ENV = backends.ENV_VARS[OP]
 BACKENDS = backends.available_backends(OP, "cpu")  # triton (interpreter), cpp (if built), torch
@@ -497,8 +497,6 @@ def test_ops_package_functional_names():
         .multi_positive_contrastive_loss
 
 
-@pytest.mark.xfail(strict=True, reason="source bug: ecgfast.ops.vcg_augment is the submodule, not the functional "
-                   "(the lazy __getattr__ imports the submodule, which Python binds on the package under that name)")
 def test_ops_package_exports_the_vcg_functional():
     code = ("from ecgfast.ops import vcg_augment; import torch; "
             "print(tuple(vcg_augment(torch.randn(1, 8, 4), backend='torch').shape))")
@@ -578,7 +576,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from ecgfast.kernels.vcg_augment import _vcg_augment_fwd_kernel
 
-# the launcher's calls (ecgfast.ops.vcg_augment._vcg_augment_triton): the training call (int16 -> bf16 bits, two
+# the launcher's calls (ecgfast.ops.vcg_op._vcg_augment_triton): the training call (int16 -> bf16 bits, two
 # views with their own windows, noise), one float32 view of a whole record, and bf16 in with a shared window
 CASES = [("i16", "i16", 2, False, True), ("fp32", "fp32", 1, True, False), ("bf16", "fp32", 2, True, False)]
 for in_type, out_type, n_views, shared, noise in CASES:

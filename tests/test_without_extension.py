@@ -16,7 +16,7 @@ import torch
 from ecgfast.nn import MultiPositiveContrastiveLoss, VCGAugment
 from ecgfast.ops import backends
 from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
-from ecgfast.ops.vcg_augment import vcg_augment
+from ecgfast.ops.vcg_op import vcg_augment
 from ecgfast.reference.contrastive_loss import multi_positive_contrastive_loss_reference
 from ecgfast.reference.vcg_augment import vcg_augment_views_reference
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pandas as pd
-
 from .patients import clean_patient_id
 from .readers.base import Reader
 
@@ -53,6 +51,8 @@ def read_patient_map(path: str | os.PathLike) -> dict[str, str]:
     Both are stripped of surrounding whitespace; rows where either is empty are left out.
     """
     try:
+        import pandas as pd  # only here: the CLI imports this module for FORMATS
+
         df = pd.read_csv(path, dtype=str)
     except (OSError, ValueError) as exc:
         raise ValueError(f"patient map {path}: cannot read it as CSV: {exc}") from exc

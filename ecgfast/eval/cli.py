@@ -12,6 +12,7 @@ from .config import ARMS, BUDGETS, VAL_SOURCES, EvalConfig
 
 EXAMPLES = """examples:
   ecgfast-eval --demo --out runs/eval-demo                  # synthetic corpus: pretrain, then evaluate
+  ecgfast-eval --recipe ptbxl-subset --source ../shared/data/ecg/ptbxl-subset --out runs/ptbxl   # real ECGs
   ecgfast-eval --store stores/ptbxl --list-tasks            # the labels, with positives per split
   ecgfast-eval --store stores/ptbxl --checkpoint runs/mimic --task superclass:MI --out runs/mi
   ecgfast-eval --store stores/cinc --checkpoint runs/mimic --task dx:164889003 --arms frozen --fast-frozen --out r/af
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-source", choices=VAL_SOURCES, default="carved", help="carved (default): validation "
                    "patients carved from each cell's labelled training patients; store: the store's val split")
     p.add_argument("--val-share", type=float, default=0.2, help="carved validation: share of each class (default 0.2)")
+    p.add_argument("--segment", type=int, help="samples the encoder sees (default: 5 s at the store's rate)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches")
     p.add_argument("--fast-frozen", action="store_true", help="frozen arm: logistic regression on embeddings")
     p.add_argument("--missing-as-negative", action=argparse.BooleanOptionalAction, default=None,
@@ -60,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", action="store_true", help="paper-sized defaults (paper model, 30 epochs)")
     p.add_argument("--demo", action="store_true", help="synthetic corpus: pretrain (unless --checkpoint), evaluate "
                    "its tasks; minutes on a CPU")
+    p.add_argument("--recipe", help="a whole experiment: prepare --source, pretrain, evaluate (ptbxl-subset)")
+    p.add_argument("--source", help="the data folder of --recipe")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -77,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       arms=arms, val_source=args.val_source, val_share=args.val_share, balanced=args.balanced,
                       fast_frozen=args.fast_frozen, missing_as_negative=args.missing_as_negative,
                       n_boot=args.bootstrap, device=args.device, progress=args.progress, budget_note=note,
+                      segment=args.segment,
                       **{**pick, "fractions": tuple(float(f) for f in pick["fractions"])})
 
 
@@ -101,6 +106,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.out:
             raise EvalError("--out is required")
+        t0 = time.perf_counter()
+        if args.recipe:
+            from .recipes import run_recipe
+
+            if not args.source:
+                raise EvalError("--recipe needs --source, the folder of its data")
+            cfg = run_recipe(args.recipe, args.source, Path(args.out), args.device, args.progress, args.seeds)
+            args.out = cfg.out
+            summary = run_evaluation(cfg)
+            print((Path(cfg.out) / "summary.md").read_text())
+            print(f"ecgfast-eval: {len(summary)} rows in {time.perf_counter() - t0:.0f} s; results in {cfg.out}")
+            return 0
         if args.demo:
             if args.store:
                 raise EvalError("--demo makes its own synthetic store: leave out --store")
@@ -114,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
                             + format_task_counts(task_counts(ECGStore(args.store))))
         if not args.checkpoint and args.arms is None:
             print("ecgfast-eval: no --checkpoint: running the random-init arm only", file=sys.stderr)
-        t0 = time.perf_counter()
         summary = run_evaluation(config_from_args(args))
     except (StoreError, SplitError, CheckpointError, ValueError, OSError) as exc:  # EvalError is a ValueError
         print(f"ecgfast-eval: error: {exc}", file=sys.stderr)
@@ -136,6 +152,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for <split>.npz")
     p.add_argument("--splits", nargs="+", default=["train", "val", "test"], choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=128, help="segments per forward pass")
+    p.add_argument("--segment", type=int, help="samples the encoder sees (default: 5 s at the store's rate)")
     p.add_argument("--device", default=None, help="default: cuda if available else cpu")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -150,9 +167,10 @@ def embed_main(argv: list[str] | None = None) -> int:
     try:
         store = ECGStore(args.store)
         encoder, ckpt, _ = load_encoder(args.checkpoint, device)
+        segment = args.segment or round(5 * store.fs)
         for split in args.splits:
-            rows, feats = split_embeddings(encoder, store, ckpt, split, Path(args.out), batch_size=args.batch_size,
-                                           device=device, progress=args.progress)
+            rows, feats = split_embeddings(encoder, store, ckpt, split, Path(args.out), segment, args.batch_size,
+                                           device, args.progress)
             print(f"ecgfast-embed: {split}: {len(rows)} records -> {Path(args.out) / (split + '.npz')} "
                   f"{tuple(feats.shape)}")
     except (StoreError, SplitError, CheckpointError, ValueError, OSError) as exc:

@@ -62,7 +62,7 @@ class EvalConfig:
     lr_random: float = 1e-3
     lr_backbone: float = 1e-4
     lr_head: float = 0.02
-    segment: int = 2500  # samples the encoder sees (5 s at 500 Hz)
+    segment: int | None = None  # samples the encoder sees; None: 5 s at the store's rate (2500 at 500 Hz)
     n_boot: int = 1000  # patient-bootstrap resamples for the test interval
     eval_batch_size: int = 128  # segments per forward pass when scoring
     budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions, 8 epochs")

@@ -10,6 +10,7 @@ score is the mean of its segments' logits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -90,8 +91,10 @@ class Evaluator:
     """Runs cells on one store; holds the store, the checkpoint and the frozen features (computed once)."""
 
     def __init__(self, cfg: EvalConfig):
-        self.cfg = cfg
         self.store = ECGStore(cfg.store)  # refuses a store whose splits mix patients
+        if cfg.segment is None:  # 5 s, the encoder's window in METHOD.md, at the store's rate
+            cfg = dataclasses.replace(cfg, segment=round(5 * self.store.fs))
+        self.cfg = cfg
         self.segments = n_segments(self.store.n_samples, cfg.segment)
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ckpt, self.preset = (None, cfg.model)

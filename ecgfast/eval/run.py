@@ -86,6 +86,7 @@ def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
     except ValueError as exc:
         raise EvalError(str(exc)) from exc
     ev = Evaluator(cfg)
+    cfg = ev.cfg  # with the segment resolved from the store
     out = Path(cfg.out)
     tasks = {name: load_task(ev.store, name, cfg.missing_as_negative, cfg.segment) for name in cfg.tasks}
     extra = []

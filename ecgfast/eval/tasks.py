@@ -90,8 +90,9 @@ def format_task_counts(counts: list[dict]) -> str:
 
 
 def load_task(store: ECGStore, name: str, missing_as_negative: bool | None = None,
-              segment: int = 2500) -> TaskData:
-    """The labelled records of task ``name`` per split (records shorter than one ``segment`` left out, counted).
+              segment: int | None = None) -> TaskData:
+    """The labelled records of task ``name`` per split (records shorter than one ``segment`` left out, counted;
+    ``segment`` None: 5 s at the store's rate).
 
     Raises:
         EvalError: the store has no labels, ``name`` is not one of them (the message lists them with their
@@ -111,7 +112,7 @@ def load_task(store: ECGStore, name: str, missing_as_negative: bool | None = Non
     if not np.isin(values, (0.0, 1.0)).all():
         raise EvalError(f"task {name!r} is not binary: values {values[:8].tolist()}; threshold it into 0/1 first")
     codes = np.unique(store.patient_ids, return_inverse=True)[1]
-    long_enough = usable(store.valid_length, segment)
+    long_enough = usable(store.valid_length, segment or round(5 * store.fs))
     task = TaskData(name, bool(missing_as_negative), {}, {}, {}, {}, {})
     for split in SPLITS:
         rows = store.split_indices(split)

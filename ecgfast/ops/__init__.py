@@ -12,7 +12,7 @@ The names below are imported on first use, so that ``ecgfast.ops.configs`` loads
 from importlib import import_module
 
 _EXPORTS = {"ContrastiveLossConfig": "configs", "VCGAugmentConfig": "configs",
-            "multi_positive_contrastive_loss": "contrastive_loss", "vcg_augment": "vcg_augment",
+            "multi_positive_contrastive_loss": "contrastive_loss", "vcg_augment": "vcg_op",
             "VCGAugmentParams": "vcg_params", "sample_vcg_params": "vcg_params"}
 __all__ = sorted(_EXPORTS)
 

@@ -71,7 +71,15 @@ class VCGAugmentConfig:
             raise ValueError(f"noise_std must be a finite number >= 0 mV, got {self.noise_std!r}")
 
     def with_overrides(self, **overrides: object) -> VCGAugmentConfig:
-        """A copy with some fields replaced (validated again); no overrides: ``self``."""
+        """A copy with some fields replaced (validated again); no overrides: ``self``.
+
+        Raises:
+            ValueError: a name that is not a field (named), or a value out of range.
+        """
+        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown VCG augmentation hyperparameter(s) {unknown}; the fields are "
+                             f"{sorted(self.__dataclass_fields__)}")
         return replace(self, **overrides) if overrides else self
 
 

@@ -374,7 +374,7 @@ def multi_positive_contrastive_loss(
     world = _world_size() if gather else 1
     if world == 1:
         start, stop, step = (rows or slice(None)).indices(n)
-        if step != 1 or stop <= start:
+        if step != 1 or (stop <= start and n > 0):  # an empty batch scores nothing: the reference's loss 0
             raise ValueError(f"rows must be a non-empty slice with step 1 of the {n} rows, got {rows}")
         per_row, has_pos = _scored_rows(z, ids, lam, views, cfg, start, stop, backend)
         if reduction == "none":

@@ -8,7 +8,7 @@ Randomness is counter-based, never a stateful generator: every draw is a pure fu
 (``offset`` counts calls, e.g. the training step), so a run resumes exactly, every DDP rank can take its own
 offsets, and one seed gives the same views on every backend and device. The small parameters (6 floats and 8
 ints per view and ECG) are drawn on the host CPU from a ``torch.Generator`` seeded with a hash of
-``(seed, offset)``; the noise uses a second hash as its Philox key (:mod:`ecgfast.ops.vcg_augment`).
+``(seed, offset)``; the noise uses a second hash as its Philox key (:mod:`ecgfast.ops.vcg_op`).
 
 This module imports no op: the op imports it.
 """

@@ -38,7 +38,7 @@ class TrainConfig:
     # data
     store: str | None = None  # prepared store; None: make and use the synthetic corpus
     synthetic_patients: int = 200  # synthetic corpus size when store is None
-    segment: int = 2500  # samples per view (5 s at 500 Hz)
+    segment: int | None = None  # samples per view; unset: 5 s at the store's rate (2500 at 500 Hz)
     views: str = "intersegment"  # "intersegment": two adjacent segments of an ECG; "augment": 2 copies of 1 crop
     k_per_patient: int = 4  # ECGs of one patient kept together in a batch (patient-aware positives)
     workers: int = 2  # DataLoader worker processes reading the store
@@ -73,7 +73,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         positive_ints = ("synthetic_patients", "segment", "k_per_patient", "epochs", "ckpt_every", "log_every")
         for name in positive_ints:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1 (or unset for the epochs' steps), got {self.max_steps}")

@@ -90,6 +90,9 @@ def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
     """
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"--out {out} is a file, not a folder")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RunFolderError(f"--out {out} lies inside {blocking}, which is a file")
     if resume or not out.exists() or not any(out.iterdir()):
         return
     is_run = any((out / m).exists() for m in RUN_MARKERS)
@@ -139,11 +142,16 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     if world > 1:
         dist.barrier()
     store = ECGStore(config.store if config.store else synthetic_store(config.synthetic_patients, config.seed))
+    if store.units != "mV" and config.augment.spatial:
+        raise ValueError(f"{store.path} holds {store.units!r} signals, not millivolts: the VCG rotation and "
+                         "scaling assume mV with the leads' true ratios; pass --no-spatial (ZeroMask, intersegment "
+                         "and interlead views remain)")
+    segment = config.segment or round(5 * store.fs)  # 5 s, the encoder's window in METHOD.md
     train_rows = store.split_indices("train")
-    ok = usable(store.valid_length[train_rows], config.segment)
+    ok = usable(store.valid_length[train_rows], segment)
     if not ok.all() and rank == 0:
         log.info("%d of %d train records hold fewer than %d valid samples (one view): left out of pretraining",
-                 int((~ok).sum()), len(ok), config.segment)
+                 int((~ok).sum()), len(ok), segment)
     train_rows = train_rows[ok]
     patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]
     sampler = PatientBatchSampler(store.patient_ids[train_rows], rank_batch, config.k_per_patient,
@@ -163,7 +171,8 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = max(1, min(total_steps, round(config.warmup_epochs * steps_per_epoch)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
-    buffers = [b for b in encoder.buffers() if b.is_floating_point() or b.dtype == torch.long]  # BatchNorm state
+    buffers = list(encoder.buffers())  # BatchNorm running statistics and batch counters
+    float_buffers = [b for b in buffers if b.is_floating_point()]
 
     step, position, nonfinite, skipped = 0, 0, 0, 0  # position: batches consumed, skipped ones included
     if resume:
@@ -209,7 +218,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             position += 1
             valid = store.valid_length[record.cpu().numpy()]
             views = make_views(samples.to(device, non_blocking=True), gain.to(device), baseline.to(device), valid,
-                               config.segment, config.views, config.augment, config.seed, offset, view_dtype)
+                               segment, config.views, config.augment, config.seed, offset, view_dtype)
             b = views.shape[1]
             saved = [t.detach().clone() for t in buffers]  # a skipped step must leave BatchNorm as it was
             with autocast:
@@ -219,11 +228,13 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, n_streams),
                            row_ids(patient.to(device), N_VIEWS, n_streams))
 
-            loss_value = loss.detach().float()
+            # the step counts only if its loss and the BatchNorm statistics its forward updated are finite (a huge
+            # input can give running_var = inf under a finite loss); on device, so the step synchronises once
+            stats = torch.stack(torch._foreach_norm(float_buffers)).sum() if float_buffers else loss.new_zeros(())
+            flag = (torch.isfinite(loss.detach()) & torch.isfinite(stats)).float()
             if world > 1:  # every rank must skip together, or DDP's gradient all-reduce would hang
-                flag = torch.isfinite(loss_value).float()
                 dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                loss_value = torch.where(flag > 0, loss_value, torch.full_like(loss_value, float("nan")))
+            loss_value = torch.where(flag > 0, loss.detach().float(), torch.full_like(flag, float("nan")))
             value = loss_value.item()  # the step's one host synchronisation
             if not math.isfinite(value):
                 nonfinite, skipped = nonfinite + 1, skipped + 1
@@ -235,8 +246,9 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                     metrics.write(step=step, epoch=epoch, loss=value, lr=None, grad_norm=None, ecgs_per_s=None,
                                   skipped=skipped)
                 if nonfinite > config.max_nonfinite:
-                    raise NonFiniteLossError(f"loss was NaN/Inf for {nonfinite} consecutive steps (step {step}); "
-                                             "lower --lr, check the store for corrupt records, or disable bf16")
+                    raise NonFiniteLossError(f"loss or BatchNorm statistics were NaN/Inf for {nonfinite} consecutive "
+                                             f"steps (step {step}); lower --lr, check the store for corrupt records, "
+                                             "or disable bf16")
                 continue  # the step is skipped, not counted
             nonfinite = 0
             loss.backward()

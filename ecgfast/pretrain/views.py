@@ -18,7 +18,7 @@ import torch
 
 from ..data.windows import pair_starts
 from ..ops.configs import VCGAugmentConfig
-from ..ops.vcg_augment import vcg_augment
+from ..ops.vcg_op import vcg_augment
 from ..ops.vcg_params import VCGAugmentParams
 
 N_VIEWS = 2

@@ -296,7 +296,7 @@ def vcg_augment_views_reference(
     length: int | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The fused op of :mod:`ecgfast.ops.vcg_augment` in plain torch: (B, 8, T) -> (V, B, 8, L) ``out_dtype``.
+    """The fused op of :mod:`ecgfast.ops.vcg_op` in plain torch: (B, 8, T) -> (V, B, 8, L) ``out_dtype``.
 
     Decode (int16 with ``gain``/``baseline``; float input is mV), cut the V view windows of L samples
     (:func:`crop_windows`; default one window at 0 of the whole record), then per view

@@ -1,0 +1,7 @@
+"""``python -m ecgfast.prepare`` runs ``ecgfast-prepare``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
