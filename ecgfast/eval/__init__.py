@@ -6,15 +6,9 @@ probe (:mod:`.probe`), one cell (:mod:`.protocol`), the run over all cells (:mod
 ``python -m ecgfast.eval`` is ``ecgfast-eval``. Names below load on first use (fast ``--help``).
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {"EvalConfig": "config", "BUDGETS": "config", "run_evaluation": "run", "Evaluator": "protocol",
             "load_task": "tasks", "sample_fractions": "tasks", "EvalError": "tasks", "auroc": "report",
             "bootstrap_auroc": "report", "select_probe": "probe", "load_encoder": "embed"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

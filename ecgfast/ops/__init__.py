@@ -9,15 +9,9 @@ parameters: :mod:`ecgfast.ops.vcg_params`.
 The names below are imported on first use, so that ``ecgfast.ops.configs`` loads without torch (fast CLI help).
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {"ContrastiveLossConfig": "configs", "VCGAugmentConfig": "configs",
             "multi_positive_contrastive_loss": "contrastive_loss", "vcg_augment": "vcg_op",
             "VCGAugmentParams": "vcg_params", "sample_vcg_params": "vcg_params"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -6,14 +6,8 @@ embedded corpus (:mod:`.corpus`) and the ``ecgfast-train`` command line (:mod:`.
 so that the command line answers ``--help`` without importing torch.
 """
 
-from importlib import import_module
+from ..lazy import lazy_exports
 
 _EXPORTS = {"TrainConfig": "config", "load_config": "config", "pretrain": "loop", "synthetic_store": "corpus",
             "find_checkpoint": "checkpoint", "load_weights": "checkpoint", "save_checkpoint": "checkpoint"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

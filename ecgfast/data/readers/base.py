@@ -41,6 +41,24 @@ def id_string(value: object) -> str | None:
     return str(int(number)) if number.is_integer() else text
 
 
+def index_columns(path: str, corpus: str, root: str, required: tuple[str, ...]) -> set[str]:
+    """The columns of a corpus's index CSV (PTB-XL's database, MIMIC's record list, CODE-15%'s exams), checked.
+
+    Raises:
+        FileNotFoundError: no such file (the message asks whether ``root`` is the corpus folder).
+        ValueError: a required column is missing (named, with the columns found).
+    """
+    import pandas as pd
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{corpus}: {path} not found (is {root} the {corpus} folder?)")
+    columns = set(pd.read_csv(path, nrows=0).columns)
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; has {sorted(columns)}")
+    return columns
+
+
 def raise_index_error(item: SourceItem) -> None:
     """Raise the enumeration-time problem recorded in ``item.meta`` as an UNREADABLE reject, if any."""
     if INDEX_ERROR in item.meta:

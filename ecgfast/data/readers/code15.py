@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..leads import lead_indices
 from ..record import ECGRecord, RecordError, RejectReason
-from .base import INDEX_ERROR, Reader, SourceItem, id_string, raise_index_error
+from .base import INDEX_ERROR, Reader, SourceItem, id_string, index_columns, raise_index_error
 
 EXAMS_CSV = "exams.csv"
 FS = 400.0  # Hz, every CODE-15% tracing
@@ -107,12 +107,7 @@ class Code15Reader(Reader):
             raise ValueError(f"CODE-15% scale must be a positive number (mV per stored unit), got {scale!r}")
         self.scale = float(scale)
         self.exams = os.path.join(self.root, EXAMS_CSV)
-        if not os.path.isfile(self.exams):
-            raise FileNotFoundError(f"CODE-15%: {self.exams} not found (is {self.root} the CODE-15% folder?)")
-        columns = set(pd.read_csv(self.exams, nrows=0).columns)
-        missing = [c for c in _REQUIRED if c not in columns]
-        if missing:
-            raise ValueError(f"{self.exams}: missing column(s) {missing}; has {sorted(columns)}")
+        index_columns(self.exams, "CODE-15%", self.root, _REQUIRED)
         self.files = sorted(str(p) for p in Path(self.root).iterdir()
                             if p.is_file() and p.suffix.lower() in _HDF5_SUFFIXES)
         if not self.files:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pandas as pd
 
 from ..record import ECGRecord
-from .base import INDEX_ERROR, Reader, SourceItem, id_string, raise_index_error
+from .base import INDEX_ERROR, Reader, SourceItem, id_string, index_columns, raise_index_error
 from .input_files import index_path, input_root
 from .wfdb_record import read_wfdb
 
@@ -44,13 +44,7 @@ class MIMICECGReader(Reader):
         self.root = str(root)
         self.input_root = input_root(self.root)
         self.record_list = os.path.join(self.root, RECORD_LIST_CSV)
-        if not os.path.isfile(self.record_list):
-            raise FileNotFoundError(f"MIMIC-IV-ECG: {self.record_list} not found "
-                                    f"(is {self.root} the MIMIC-IV-ECG folder?)")
-        columns = set(pd.read_csv(self.record_list, nrows=0).columns)
-        missing = [c for c in _REQUIRED if c not in columns]
-        if missing:
-            raise ValueError(f"{self.record_list}: missing column(s) {missing}; has {sorted(columns)}")
+        columns = index_columns(self.record_list, "MIMIC-IV-ECG", self.root, _REQUIRED)
         self._has_time = "ecg_time" in columns
 
     def items(self) -> Iterator[SourceItem]:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pandas as pd
 
 from ..record import ECGRecord
-from .base import INDEX_ERROR, Reader, SourceItem, id_string, raise_index_error
+from .base import INDEX_ERROR, Reader, SourceItem, id_string, index_columns, raise_index_error
 from .input_files import index_path, input_root
 from .wfdb_record import read_wfdb
 
@@ -96,12 +96,7 @@ class PTBXLReader(Reader):
             raise ValueError(f"PTB-XL rate must be 100 or 500 Hz, got {rate!r}")
         self.rate = int(rate)
         self.database = os.path.join(self.root, DATABASE_CSV)
-        if not os.path.isfile(self.database):
-            raise FileNotFoundError(f"PTB-XL: {self.database} not found (is {self.root} the PTB-XL folder?)")
-        columns = set(pd.read_csv(self.database, nrows=0).columns)
-        missing = [c for c in _REQUIRED if c not in columns]
-        if missing:
-            raise ValueError(f"{self.database}: missing column(s) {missing}; has {sorted(columns)}")
+        index_columns(self.database, "PTB-XL", self.root, _REQUIRED)
         statements = os.path.join(self.root, STATEMENTS_CSV)
         self.statements = statements if os.path.isfile(statements) else None
 
