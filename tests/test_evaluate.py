@@ -10,6 +10,7 @@ is a randomly initialised encoder: the protocol, not the pretraining, is under t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -350,6 +351,23 @@ def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_
     run_evaluation(_config(store_path, out, checkpoint, fractions=(10.0,), arms=("random",)))
     grown = pd.read_csv(out / "results.csv")
     assert len(grown) == 7 and set(grown["fraction"]) == {10.0, 50.0, 100.0}
+
+
+def test_cells_run_in_worker_processes_give_what_one_process_gives(store_path, checkpoint, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    kw = {"arms": ("random", "frozen"), "fractions": (50.0,), "epochs": 1, "seeds": 2}
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, cores // 2))  # what each of two workers gets: the same arithmetic
+    try:
+        run_evaluation(_config(store_path, tmp_path / "one", checkpoint, **kw))
+    finally:
+        torch.set_num_threads(before)
+    run_evaluation(_config(store_path, tmp_path / "two", checkpoint, workers=2, **kw))
+    for path in sorted((tmp_path / "one" / "cells").glob("*.json")):
+        a, b = json.loads(path.read_text()), json.loads((tmp_path / "two" / "cells" / path.name).read_text())
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, path.name
+    assert len(list((tmp_path / "two" / "cells").glob("*.json"))) == 4
 
 
 def test_fast_frozen_agrees_with_trained_linear_head(store_path, checkpoint, tmp_path):

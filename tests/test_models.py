@@ -270,3 +270,21 @@ def test_compile_fullgraph_matches_eager():
     compiled = torch.compile(enc.embed, fullgraph=True)  # fullgraph: fails on any graph break
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), enc.embed(x), rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_fast_dropout_is_dropout_in_distribution_and_gradient():
+    from ecgfast.models.dropout import CPUFastDropout
+
+    torch.manual_seed(0)
+    layer = CPUFastDropout(0.3)
+    x = torch.ones(200_000, requires_grad=True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # kept with probability 1 - p
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.7))  # inverted scaling: E[y] = x
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.7)  # the gradient passes through the kept elements only
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert isinstance(layer, torch.nn.Dropout) and "p=0.3" in repr(layer)
+    assert torch.equal(CPUFastDropout(1.0)(torch.ones(5)), torch.zeros(5))

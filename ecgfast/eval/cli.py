@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records without the label are negatives (default: yes for dx: and scp: labels)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
     p.add_argument("--device", help="default: cuda if available else cpu")
+    p.add_argument("--workers", type=int, default=1, help="cells run at once on a CPU, each in its own process "
+                   "(default 1; 2 on a 2-core machine runs about 1.6x faster)")
     p.add_argument("--paper", action="store_true", help="paper-sized defaults (paper model, 30 epochs)")
     p.add_argument("--demo", action="store_true", help="synthetic corpus: pretrain (unless --checkpoint), evaluate "
                    "its tasks; minutes on a CPU")
@@ -81,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       arms=arms, val_source=args.val_source, val_share=args.val_share, balanced=args.balanced,
                       fast_frozen=args.fast_frozen, missing_as_negative=args.missing_as_negative,
                       n_boot=args.bootstrap, device=args.device, progress=args.progress, budget_note=note,
-                      segment=args.segment,
+                      segment=args.segment, workers=args.workers,
                       **{**pick, "fractions": tuple(float(f) for f in pick["fractions"])})
 
 
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if not args.source:
                 raise EvalError("--recipe needs --source, the folder of its data")
-            cfg = run_recipe(args.recipe, args.source, Path(args.out), args.device, args.progress, args.seeds)
+            cfg = run_recipe(args.recipe, args.source, Path(args.out), args.device, args.progress, args.seeds,
+                             args.workers)
             args.out = cfg.out
             summary = run_evaluation(cfg)
             print((Path(cfg.out) / "summary.md").read_text())

@@ -66,7 +66,7 @@ class EvalConfig:
     n_boot: int = 1000  # patient-bootstrap resamples for the test interval
     eval_batch_size: int = 128  # segments per forward pass when scoring
     budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions, 8 epochs")
-    allow_unknown_overlap: bool = True  # score when overlap of pretraining and test patients cannot be checked
+    workers: int = 1  # cells run at once on a CPU, each in its own process with cores // workers threads
     device: str | None = None
     progress: bool = True
 
@@ -77,7 +77,7 @@ class EvalConfig:
         bad = sorted(set(self.arms) - set(ARMS))
         if bad or not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be distinct names among {ARMS}, got {list(self.arms)}")
-        for name in ("seeds", "epochs", "patience", "n_boot", "eval_batch_size"):
+        for name in ("seeds", "epochs", "patience", "n_boot", "eval_batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:

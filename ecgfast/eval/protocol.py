@@ -4,8 +4,8 @@ rule of :mod:`ecgfast.eval.config`, its epoch chosen on validation, the test pat
 Arms (METHOD.md): random init, all trainable, Adam lr 1e-3; frozen, a linear head (lr 0.02) on the pretrained
 encoder in eval mode, trained on its cached features (identical to training through the frozen encoder), or with
 ``fast_frozen`` an L2 logistic regression on record embeddings (:mod:`ecgfast.eval.probe`); finetuned, backbone
-lr 1e-4 and head lr 0.02. BCE with logits. A record of S segments gives S training samples with its label; its
-score is the mean of its segments' logits.
+lr 1e-4 and head lr 0.02. BCE with logits. An epoch shows every training record once, through one of its S segments
+drawn at random; a record's score is the mean of its S segments' logits.
 """
 
 from __future__ import annotations
@@ -50,12 +50,14 @@ def batches(y: np.ndarray, batch_size: int, balanced: bool, rng: np.random.Gener
 
 
 def fit_with_early_stopping(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                            inputs: Callable[[np.ndarray], torch.Tensor], y: np.ndarray,
+                            inputs: Callable[[np.ndarray], torch.Tensor], y: np.ndarray, n_seg: int,
                             score_val: Callable[[], np.ndarray], y_val: np.ndarray, cfg: EvalConfig,
                             rng: np.random.Generator, device: torch.device) -> dict:
-    """The budget rule: at most ``cfg.epochs`` epochs over the samples ``y``, validation AUROC after each, the best
-    epoch's weights kept (ties: the earlier; NaN never wins), early stop after ``cfg.patience`` epochs without a
-    better one. ``module`` ends in eval mode with the chosen weights."""
+    """The budget rule on records with labels ``y`` (N,), each of ``n_seg`` segments: at most ``cfg.epochs``
+    epochs, each showing every record once through one of its segments drawn at random (sample ``r * n_seg + s``
+    is segment s of record r: what ``inputs`` takes), validation AUROC after each epoch, the best epoch's weights
+    kept (ties: the earlier; NaN never wins), early stop after ``cfg.patience`` epochs without a better one.
+    ``module`` ends in eval mode with the chosen weights."""
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     target = torch.as_tensor(y, dtype=torch.float32, device=device)
@@ -65,8 +67,9 @@ def fit_with_early_stopping(module: torch.nn.Module, optimizer: torch.optim.Opti
     for epoch in range(1, cfg.epochs + 1):
         module.train()
         for _ in range(steps_per_epoch):
-            idx = next(stream)
-            loss = loss_fn(module(inputs(idx))[:, 0], target[idx])  # logits (b,) against the samples' labels
+            rec = next(stream)  # (b,) records, then one segment of each at random
+            idx = rec * n_seg + rng.integers(0, n_seg, size=len(rec))
+            loss = loss_fn(module(inputs(idx))[:, 0], target[rec])  # logits (b,) against the records' labels
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -112,7 +115,7 @@ class Evaluator:
         fp = {"store": str(Path(c.store).resolve()), "epochs": c.epochs, "patience": c.patience,
               "batch_size": c.batch_size, "balanced": c.balanced, "segment": c.segment, "n_boot": c.n_boot,
               "preset": self.preset, "missing_as_negative": c.missing_as_negative, "val_source": c.val_source,
-              "val_share": c.val_share, "protocol": 2}
+              "val_share": c.val_share, "protocol": 3}  # not the worker count: it does not change what is computed
         if arm == "random":
             fp["lr"] = c.lr_random
         else:
@@ -186,8 +189,8 @@ class Evaluator:
                                  self.device)  # (N, S)
             return logits.mean(axis=1)  # a record's score: the mean of its segments' logits
 
-        result = fit_with_early_stopping(model, opt, inputs, np.repeat(y_rec, n_seg), lambda: score(val_rows), y_val,
-                                         cfg, rng, self.device)
+        result = fit_with_early_stopping(model, opt, inputs, y_rec, n_seg, lambda: score(val_rows), y_val, cfg, rng,
+                                         self.device)
         return {**result, "method": "end to end"}, score(test_rows)
 
     def _frozen(self, arm: str, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray, y_val: np.ndarray,
@@ -218,7 +221,7 @@ class Evaluator:
                 f = feats[name]
                 return head(f.reshape(-1, 1, d)).view(f.shape[0], n_seg).mean(1).cpu().numpy()
 
-        result = fit_with_early_stopping(head, opt, lambda idx: flat[torch.from_numpy(idx)], np.repeat(y_rec, n_seg),
+        result = fit_with_early_stopping(head, opt, lambda idx: flat[torch.from_numpy(idx)], y_rec, n_seg,
                                          lambda: score("val"), y_val, cfg, rng, self.device)
         return {**result, "method": "linear head on cached frozen features"}, score("test")
 

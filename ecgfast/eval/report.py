@@ -258,7 +258,7 @@ def protocol_notes(settings: dict, tasks: dict[str, dict], extra: Sequence[str] 
            else "the store's val split (its own patients, fully labelled)")
     notes = [
         "Arms: " + "; ".join(arm_text[a] for a in arms) + ". BCE with logits.",
-        f"Budget rule, the same for every arm: at most {settings['epochs']} epochs of its labelled training halves "
+        f"Budget rule, the same for every arm: at most {settings['epochs']} epochs of its labelled training records "
         f"(batch {settings['batch_size']}), validation AUROC after every epoch, the best epoch's weights kept "
         f"(ties: the earlier), early stop after {settings['patience']} epochs without improvement; test scored once."
         + (" The frozen arm's logistic regression instead chooses its penalty on validation." if "frozen" in arms
@@ -272,8 +272,8 @@ def protocol_notes(settings: dict, tasks: dict[str, dict], extra: Sequence[str] 
         f"Validation: {val}.",
         "Labels: stratified, nested samples of training patients" + (". Class-balanced batches."
                                                                     if settings.get("balanced") else "."),
-        "10 s records are segments of 5 s from their valid samples: each a training sample, a record's score the "
-        "mean of its segments' logits.",
+        "Records are cut into 5 s segments from their valid samples: an epoch shows every training record once, "
+        "through one of its segments drawn at random; a record's score is the mean of its segments' logits.",
         *extra,
     ]
     for task, d in tasks.items():

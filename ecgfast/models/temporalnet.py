@@ -24,6 +24,8 @@ from torch import nn
 
 from ecgfast import LEADS
 
+from .dropout import CPUFastDropout
+
 #: Leads of each stream, by name (METHOD.md): limb and lateral chest leads vs the anterior chest leads.
 STREAM_LEADS: tuple[tuple[str, ...], ...] = (("I", "II", "V5", "V6"), ("V1", "V2", "V3", "V4"))
 #: The same groups as indices into ecgfast's lead order (I, II, V1..V6): ((0, 1, 6, 7), (2, 3, 4, 5)).
@@ -106,7 +108,7 @@ class ResidualBlock(nn.Module):
         self.bn1 = nn.BatchNorm1d(c_in)
         self.conv2 = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
         self.bn2 = nn.BatchNorm1d(c_out)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = CPUFastDropout(dropout) if dropout > 0 else nn.Identity()
         self.skip = (nn.Sequential(OrderedDict(conv=nn.Conv1d(c_in, c_out, 1, bias=False), bn=nn.BatchNorm1d(c_out)))
                      if c_in != c_out else nn.Identity())
 
@@ -147,7 +149,7 @@ class TemporalNet(nn.Module):
         self.fusion = nn.Sequential(OrderedDict(
             conv=nn.Conv1d(fused, self.feature_dim, 3, padding=1),
             bn=nn.BatchNorm1d(self.feature_dim),
-            dropout=nn.Dropout(config.dropout),
+            dropout=CPUFastDropout(config.dropout),
             relu=nn.ReLU(),
         ))
         # Projection head for pretraining. METHOD.md (and the authors' code) has no nonlinearity between the two
