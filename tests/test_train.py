@@ -153,11 +153,11 @@ def test_training_views_are_one_fused_call_on_int16_with_windows(tmp_path, monke
 
     monkeypatch.setattr(views_mod, "vcg_augment", spy)
     loop.pretrain(load_config(overrides={**TINY, "out": str(tmp_path / "run"), "max_steps": 2}))
-    assert seen == [(torch.int16, True, (2, 8), 2500)] * 2
+    assert seen == [(torch.int16, True, (2, 8), 500)] * 2  # 5 s at the embedded corpus' 100 Hz
     seen.clear()
     loop.pretrain(load_config(overrides={**TINY, "out": str(tmp_path / "aug"), "max_steps": 1, "views": "augment",
                                          "noise_std": 0.05}))
-    assert seen == [(torch.int16, True, (8,), 2500)]  # one shared crop: the input read once for both views
+    assert seen == [(torch.int16, True, (8,), 500)]  # one shared crop: the input read once for both views
 
 
 def test_an_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):

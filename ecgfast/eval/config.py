@@ -33,8 +33,8 @@ class Budget:
 BUDGETS = {
     "cpu": Budget(seeds=5, epochs=20, patience=5, batch_size=32, model="tiny"),
     "paper": Budget(seeds=5, epochs=30, patience=10, batch_size=64, model="paper"),
-    # demo: the synthetic corpus, tiny model, 3 fractions: every arm at most 8 epochs, patience 3, on 2 CPU cores
-    "demo": Budget(seeds=5, epochs=8, patience=3, batch_size=32, model="tiny", fractions=(1.0, 10.0, 100.0)),
+    # demo: the synthetic corpus at 100 Hz, tiny model, 3 fractions: every arm at most 4 epochs, patience 2
+    "demo": Budget(seeds=5, epochs=4, patience=2, batch_size=64, model="tiny", fractions=(1.0, 10.0, 100.0)),
 }
 _CPU = BUDGETS["cpu"]
 

@@ -138,10 +138,10 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
 
     # data: the train split only, records that hold a segment; validation and test patients are never seen here
     if not config.store and rank == 0:
-        synthetic_store(config.synthetic_patients, config.seed)  # rank 0 makes it; the others wait, then open it
+        synthetic_store(config.synthetic_patients, config.seed, config.synthetic_fs)  # rank 0 makes it, others wait
     if world > 1:
         dist.barrier()
-    store = ECGStore(config.store if config.store else synthetic_store(config.synthetic_patients, config.seed))
+    store = ECGStore(config.store or synthetic_store(config.synthetic_patients, config.seed, config.synthetic_fs))
     if store.units != "mV" and config.augment.spatial:
         raise ValueError(f"{store.path} holds {store.units!r} signals, not millivolts: the VCG rotation and "
                          "scaling assume mV with the leads' true ratios; pass --no-spatial (ZeroMask, intersegment "
@@ -166,7 +166,8 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                                                           else None)
     step_model = torch.compile(model) if use_compile else model
     loss_fn = MultiPositiveContrastiveLoss(config=config.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
+                                 fused=device.type == "cuda")  # one kernel for all parameters where it exists
     steps_per_epoch = len(sampler)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     warmup_steps = max(1, min(total_steps, round(config.warmup_epochs * steps_per_epoch)))
