@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def map_records(fn: Callable[[torch.Tensor], torch.Tensor], store: ECGStore, row
     s = n_segments(store.n_samples, segment)
     per_batch = max(1, batch_size // s)
     outs = []
-    for start in tqdm(range(0, len(rows), per_batch), desc=desc, unit="batch", disable=not progress, leave=False):
+    bar = progress and sys.stderr.isatty()  # a bar on a terminal only: no escape codes in log files
+    for start in tqdm(range(0, len(rows), per_batch), desc=desc, unit="batch", disable=not bar, leave=False):
         batch = rows[start:start + per_batch]
         x = torch.from_numpy(store.read_mv(batch)).to(device)  # (b, 8, T) mV
         starts = segment_starts(store.valid_length[batch], s, segment)  # (b, S)
