@@ -11,16 +11,24 @@ The dual-stream model holds two independent TemporalNets, one on leads {I, II, V
 {V1, V2, V3, V4}; each averages its lead features into one stream feature, and the two streams are
 interlead views of each other in pretraining. Nothing downsamples after the stem, so the encoder costs
 about 1.77 GMAC per lead at T = 2500 (:func:`temporalnet_macs`): it is where the training time goes.
+
+Memory hooks for pretraining (:mod:`ecgfast.pretrain.memory`): :meth:`DualStreamTemporalNet.checkpoint_blocks`
+makes every residual block recompute its activations in backward instead of keeping them (activation
+checkpointing), and every BatchNorm is a :class:`RecomputeSafeBatchNorm1d`, whose running statistics a recomputed
+forward pass (:func:`running_stats_frozen`) leaves alone, so that they are updated once per step.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ecgfast import LEADS
 
@@ -95,26 +103,83 @@ def temporalnet_config(name: str, **overrides) -> TemporalNetConfig:
     return replace(PRESETS[name], **overrides)
 
 
+_stats_frozen = False  # True while a recomputed forward pass runs: BatchNorm leaves its running statistics alone
+
+
+@contextmanager
+def running_stats_frozen() -> Iterator[None]:
+    """Within: every :class:`RecomputeSafeBatchNorm1d` in training mode normalises with its batch statistics as
+    always but updates neither its running statistics nor its batch counter. For a forward pass that repeats one
+    already counted (activation checkpointing's recomputation, GradCache's second pass), so that the running
+    statistics move once per step. A plain module flag, not a thread-local: the autograd engine may run a
+    checkpoint's recomputation on its own thread while the caller waits."""
+    global _stats_frozen
+    before, _stats_frozen = _stats_frozen, True
+    try:
+        yield
+    finally:
+        _stats_frozen = before
+
+
+class RecomputeSafeBatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` (same parameters, buffers and output) that a recomputation does not count twice.
+
+    Inside :func:`running_stats_frozen`, in training mode, the output is the one ``nn.BatchNorm1d`` gives (batch
+    statistics, the same kernel) and the running statistics are updated on throw-away copies: the buffers and
+    ``num_batches_tracked`` keep their values, and the op saves the same tensors for backward as the first pass
+    (activation checkpointing compares their count).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (_stats_frozen and self.training and self.track_running_stats):
+            return super().forward(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        return F.batch_norm(x, self.running_mean.clone(), self.running_var.clone(), self.weight, self.bias, True,
+                            momentum, self.eps)
+
+
+def _recompute_contexts() -> tuple[AbstractContextManager, AbstractContextManager]:
+    """Activation checkpointing's (forward, recomputation) contexts: BatchNorm counts the forward pass only."""
+    return nullcontext(), running_stats_frozen()
+
+
 class ResidualBlock(nn.Module):
     """conv(c_in->c_in) -> BN -> ReLU -> conv(c_in->c_out) -> BN [-> Dropout] -> + skip -> ReLU.
 
     Stride 1, no conv bias (BN follows every conv), 'same' padding: (N, c_in, T) -> (N, c_out, T).
     The skip is a 1x1 conv + BN where the channel count changes, the identity otherwise.
+
+    With ``checkpointed`` set (and gradients on), the block keeps only its input for backward and recomputes the
+    rest there (``torch.utils.checkpoint``, non-reentrant): the RNG state is restored so that dropout draws the
+    same mask, and BatchNorm's running statistics move in the first pass only (:func:`running_stats_frozen`).
+    Under ``torch.compile`` the compiler's partitioner does the recomputation, and the statistics' update is
+    part of the forward graph, so it happens once there too.
     """
 
     def __init__(self, c_in: int, c_out: int, kernel: int, dropout: float):
         super().__init__()
         self.conv1 = nn.Conv1d(c_in, c_in, kernel, padding=kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm1d(c_in)
+        self.bn1 = RecomputeSafeBatchNorm1d(c_in)
         self.conv2 = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, bias=False)
-        self.bn2 = nn.BatchNorm1d(c_out)
+        self.bn2 = RecomputeSafeBatchNorm1d(c_out)
         self.dropout = CPUFastDropout(dropout) if dropout > 0 else nn.Identity()
-        self.skip = (nn.Sequential(OrderedDict(conv=nn.Conv1d(c_in, c_out, 1, bias=False), bn=nn.BatchNorm1d(c_out)))
+        self.skip = (nn.Sequential(OrderedDict(conv=nn.Conv1d(c_in, c_out, 1, bias=False),
+                                               bn=RecomputeSafeBatchNorm1d(c_out)))
                      if c_in != c_out else nn.Identity())
+        self.checkpointed = False  # recompute this block's activations in backward (see the class docstring)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.bn1(self.conv1(x)))
-        h = self.dropout(self.bn2(self.conv2(h)))
+        if self.checkpointed and torch.is_grad_enabled():
+            # context_fn is eager-only; compiled, the partitioner recomputes and BN updates once by construction
+            if torch.compiler.is_compiling():
+                return checkpoint(self._forward, x, use_reentrant=False, preserve_rng_state=True)
+            return checkpoint(self._forward, x, use_reentrant=False, preserve_rng_state=True,
+                              context_fn=_recompute_contexts)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))  # (N, c_in, T)
+        h = self.dropout(self.bn2(self.conv2(h)))  # (N, c_out, T)
         return torch.relu(h + self.skip(x))
 
 
@@ -134,7 +199,7 @@ class TemporalNet(nn.Module):
         stem_out = config.channels(config.stem_channels)
         self.stem = nn.Sequential(OrderedDict(
             conv=nn.Conv1d(config.in_channels, stem_out, config.stem_kernel, padding=config.stem_kernel // 2),
-            bn=nn.BatchNorm1d(stem_out),
+            bn=RecomputeSafeBatchNorm1d(stem_out),
             relu=nn.ReLU(),
             pool=nn.MaxPool1d(config.pool),  # T -> T // pool, the only downsampling
         ))
@@ -148,7 +213,7 @@ class TemporalNet(nn.Module):
         # Dropout before ReLU as METHOD.md orders it: the two commute, so the order changes nothing.
         self.fusion = nn.Sequential(OrderedDict(
             conv=nn.Conv1d(fused, self.feature_dim, 3, padding=1),
-            bn=nn.BatchNorm1d(self.feature_dim),
+            bn=RecomputeSafeBatchNorm1d(self.feature_dim),
             dropout=CPUFastDropout(config.dropout),
             relu=nn.ReLU(),
         ))
@@ -182,6 +247,13 @@ class TemporalNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Per-lead embeddings: (B, L, T) -> (B, L, proj_dim)."""
         return self.project(self(x))
+
+    def checkpoint_blocks(self, enabled: bool = True) -> TemporalNet:
+        """Activation checkpointing of every residual block (:class:`ResidualBlock`) on or off; returns self."""
+        for block in self.modules():
+            if isinstance(block, ResidualBlock):
+                block.checkpointed = enabled
+        return self
 
 
 class DualStreamTemporalNet(nn.Module):
@@ -227,6 +299,16 @@ class DualStreamTemporalNet(nn.Module):
         """
         h = self(x)  # (B, S, feature_dim)
         return torch.stack([net.project(h[:, i]) for i, net in enumerate(self.streams)], dim=1)
+
+    def checkpoint_blocks(self, enabled: bool = True) -> DualStreamTemporalNet:
+        """Activation checkpointing of every residual block of every stream on or off; returns self.
+
+        Outputs and gradients are the plain ones, BatchNorm's running statistics move once per step; the blocks
+        keep their inputs only (:mod:`ecgfast.pretrain.memory` measures what that saves).
+        """
+        for net in self.streams:
+            net.checkpoint_blocks(enabled)
+        return self
 
 
 class ClassifierHead(nn.Module):
@@ -333,6 +415,6 @@ def count_parameters(module: nn.Module) -> int:
 
 __all__ = [
     "LEAD_GROUPS", "PRESETS", "STREAM_LEADS", "ClassifierHead", "DualStreamTemporalNet", "ECGClassifier",
-    "ResidualBlock", "TemporalNet", "TemporalNetConfig", "count_parameters", "temporalnet_config",
-    "temporalnet_macs",
+    "RecomputeSafeBatchNorm1d", "ResidualBlock", "TemporalNet", "TemporalNetConfig", "count_parameters",
+    "running_stats_frozen", "temporalnet_config", "temporalnet_macs",
 ]

@@ -14,7 +14,16 @@ import types
 import typing
 
 from ..ops.configs import ContrastiveLossConfig, VCGAugmentConfig
-from .config import CHOICES, SYNTHETIC_DEFAULTS, ConfigError, TrainConfig, field_help, leaf_fields, load_config
+from .config import (
+    CHOICES,
+    PAPER_SAVED_MB_PER_ECG,
+    SYNTHETIC_DEFAULTS,
+    ConfigError,
+    TrainConfig,
+    field_help,
+    leaf_fields,
+    load_config,
+)
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3
 
@@ -47,7 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  ecgfast-train\n  ecgfast-train --store stores/mimic --out runs/mimic\n"
                "  torchrun --nproc_per_node 8 -m ecgfast.pretrain --store stores/mimic --out runs/mimic\n"
                "  ecgfast-train --config runs/mimic/config.toml --lr 3e-4 --out runs/mimic-lr3e-4\n"
-               "  ecgfast-train --store stores/mimic --out runs/mimic --resume",
+               "  ecgfast-train --store stores/mimic --out runs/mimic --resume\n"
+               "  ecgfast-train --store stores/mimic --out runs/mimic --batch-size 4096 --memory chunked\n\n"
+               "memory: the paper model keeps {full:.0f} MB per ECG for backward (bf16, 5 s at 500 Hz, two views), "
+               "{ckpt:.0f} MB with --memory checkpoint;\n--memory chunked keeps one chunk in the graph. The startup "
+               "log gives the figure and the predicted peak for your settings.".format(
+                   full=PAPER_SAVED_MB_PER_ECG["full"], ckpt=PAPER_SAVED_MB_PER_ECG["checkpoint"]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file of settings ([augment] and [loss] tables for those); flags override it")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")

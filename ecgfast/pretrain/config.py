@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 #: Allowed values of the string settings (the CLI offers them as choices).
 CHOICES: dict[str, tuple[str, ...]] = {
     "views": ("intersegment", "augment"), "model": ("paper", "small", "tiny"), "loader": ("auto", "dali", "torch"),
-    "transform": ("dower", "kors"), "reduction": ("mean", "sum", "none")}
+    "transform": ("dower", "kors"), "reduction": ("mean", "sum", "none"),
+    "memory": ("auto", "full", "checkpoint", "chunked")}
 
 
 @dataclass
@@ -62,6 +63,8 @@ class TrainConfig:
     compile: bool | None = None  # torch.compile (default: on with CUDA, where it pays)
     bf16: bool | None = None  # bf16 autocast (default: on with CUDA)
     device: str | None = None  # None: cuda if available else cpu
+    memory: str = "auto"  # full, checkpoint (blocks recompute in backward), chunked (GradCache); auto: what fits
+    memory_chunk: int | None = None  # ECGs per chunk in chunked mode (BatchNorm sees a chunk); unset: largest fitting
     out: str = "runs/pretrain"  # run folder: config.toml, metrics.csv, checkpoints/
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     log_every: int = 10  # steps between throughput measurements (ecgs_per_s in metrics.csv and the progress bar)
@@ -72,7 +75,8 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if name in TrainConfig.__dataclass_fields__ and getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        positive_ints = ("synthetic_patients", "segment", "k_per_patient", "epochs", "ckpt_every", "log_every")
+        positive_ints = ("synthetic_patients", "segment", "k_per_patient", "epochs", "ckpt_every", "log_every",
+                         "memory_chunk")
         for name in positive_ints:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -96,6 +100,11 @@ class TrainConfig:
 #: The embedded default: a small model on a small synthetic corpus, minutes on a 2-core CPU.
 SYNTHETIC_DEFAULTS: dict[str, object] = {"model": "tiny", "batch_size": 32, "epochs": 4, "warmup_epochs": 1.0,
                                          "lr": 1e-3, "ckpt_every": 50, "log_every": 5, "workers": 1}
+
+#: Saved-for-backward MB per ECG of the paper preset, bf16, 5 s at 500 Hz (two views), by ``--memory`` mode, as
+#: ``ecgfast.pretrain.memory.activation_memory`` measures them (tests/test_memory.py checks them): for --help, which
+#: must not import torch. A chunked step holds one chunk at full's cost per ECG, and ~56 kB per ECG of the batch.
+PAPER_SAVED_MB_PER_ECG: dict[str, float] = {"full": 171.0, "checkpoint": 62.2}
 
 #: The nested config classes and the TOML table each one is read from.
 SECTIONS: dict[str, type] = {"augment": VCGAugmentConfig, "loss": ContrastiveLossConfig}
@@ -235,5 +244,5 @@ def to_toml(config: TrainConfig) -> str:
     return tomli_w.dumps(to_dict(config))
 
 
-__all__ = ["CHOICES", "ConfigError", "SYNTHETIC_DEFAULTS", "TrainConfig", "check_value", "field_help",
-           "leaf_fields", "load_config", "to_dict", "to_toml"]
+__all__ = ["CHOICES", "ConfigError", "PAPER_SAVED_MB_PER_ECG", "SYNTHETIC_DEFAULTS", "TrainConfig", "check_value",
+           "field_help", "leaf_fields", "load_config", "to_dict", "to_toml"]

@@ -10,6 +10,12 @@ Batch size is the recipe's global batch: ``batch_size`` ECGs per step over all r
 each, and every row of every rank is a negative for every other (the loss gathers them). A step whose loss is not
 finite is skipped on every rank together and leaves no trace in the model: BatchNorm statistics updated by its
 forward pass are restored. Multi-GPU and multi-node: run the same command under ``torchrun``.
+
+Memory (``--memory``, :mod:`ecgfast.pretrain.memory`): before the first step the loop measures what one ECG costs
+for this model, precision and segment, predicts the step's peak and logs it; ``checkpoint`` recomputes each
+residual block in backward, ``chunked`` runs the step as GradCache (:mod:`ecgfast.pretrain.gradcache`), ``auto``
+takes the first that fits the GPU. Host synchronisations: one per step (the finite check, which decides the skip
+before backward runs; on a CPU it costs nothing); the logged gradient norms are read every ``log_every`` steps.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from ..nn import MultiPositiveContrastiveLoss
 from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights, save_checkpoint
 from .config import TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
+from .gradcache import ChunkedContrastiveStep
+from .memory import plan_memory
 from .provenance import pretraining_provenance
 from .views import N_VIEWS, make_views, row_ids
 
@@ -159,13 +167,25 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     loader = make_input(store, sampler, patient_codes, backend=config.loader, device=device, workers=config.workers)
     provenance = pretraining_provenance(store, ["train"], train_rows)
 
+    # memory: measured per ECG, predicted for this step, the mode chosen before the first step (ecgfast.pretrain.memory)
+    plan = plan_memory(config.model, "bf16" if use_bf16 else "fp32", segment, rank_batch, config.memory,
+                       config.memory_chunk, device)
+    if rank == 0:
+        log.info("batch: %d ECGs per step over %d rank%s: %d per rank", config.batch_size, world,
+                 "s" * (world > 1), rank_batch)
+        for line in plan.lines:
+            (log.info if plan.fits or device.type != "cuda" else log.warning)(line)
     encoder = DualStreamTemporalNet(temporalnet_config(config.model)).to(device)
+    encoder.checkpoint_blocks(plan.mode == "checkpoint")
     model: torch.nn.Module = ContrastivePretrainer(encoder)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
                                                           else None)
     step_model = torch.compile(model) if use_compile else model
     loss_fn = MultiPositiveContrastiveLoss(config=config.loss)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    chunked = (ChunkedContrastiveStep(step_model, encoder, loss_fn, plan.chunk, autocast,
+                                      ddp=model if world > 1 else None) if plan.mode == "chunked" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, eps=config.adam_eps,
                                  fused=device.type == "cuda")  # one kernel for all parameters where it exists
     steps_per_epoch = len(sampler)
@@ -196,7 +216,6 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
         (out / "config.toml").write_text(to_toml(config))
     metrics = _MetricsLog(out / "metrics.csv", truncate_after=step if resume else 0) if rank == 0 else None
     bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     view_dtype = torch.bfloat16 if use_bf16 else torch.float32
     losses: list[float] = []
     t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
@@ -222,12 +241,15 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                                segment, config.views, config.augment, config.seed, offset, view_dtype)
             b = views.shape[1]
             saved = [t.detach().clone() for t in buffers]  # a skipped step must leave BatchNorm as it was
-            with autocast:
-                z = step_model(views.flatten(0, 1))  # (2B, 2 streams, proj_dim)
-            z = z.float().flatten(0, 1)  # rows (view, ecg, stream)
-            n_streams = z.shape[0] // (N_VIEWS * b)
-            loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, n_streams),
-                           row_ids(patient.to(device), N_VIEWS, n_streams))
+            if chunked is not None:  # pass 1 of GradCache: the whole batch's loss, no encoder graph kept
+                loss = chunked.forward(views, record.to(device), patient.to(device))
+            else:
+                with autocast:
+                    z = step_model(views.flatten(0, 1))  # (2B, 2 streams, proj_dim)
+                z = z.float().flatten(0, 1)  # rows (view, ecg, stream)
+                n_streams = z.shape[0] // (N_VIEWS * b)
+                loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, n_streams),
+                               row_ids(patient.to(device), N_VIEWS, n_streams))
 
             # the step counts only if its loss and the BatchNorm statistics its forward updated are finite (a huge
             # input can give running_var = inf under a finite loss); on device, so the step synchronises once
@@ -239,11 +261,14 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             value = loss_value.item()  # the step's one host synchronisation
             if not math.isfinite(value):
                 nonfinite, skipped = nonfinite + 1, skipped + 1
+                if chunked is not None:
+                    chunked.discard()
                 with torch.no_grad():
                     for t, s in zip(buffers, saved, strict=True):
                         t.copy_(s)
                 optimizer.zero_grad(set_to_none=True)
                 if metrics is not None:
+                    metrics.flush()  # the rows of earlier steps first
                     metrics.write(step=step, epoch=epoch, loss=value, lr=None, grad_norm=None, ecgs_per_s=None,
                                   skipped=skipped)
                 if nonfinite > config.max_nonfinite:
@@ -252,7 +277,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                                              "or disable bf16")
                 continue  # the step is skipped, not counted
             nonfinite = 0
-            loss.backward()
+            chunked.backward() if chunked is not None else loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -261,18 +286,23 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             ecgs_since += b * world
             losses.append(value)
             measured = None
-            if step == 1 or step % config.log_every == 0 or step == total_steps:
+            logging_step = step == 1 or step % config.log_every == 0 or step == total_steps
+            if logging_step:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
                 measured = ecgs_per_s = ecgs_since / (now - t_last)
                 t_last, ecgs_since = now, 0
-            if metrics is not None:
+            if metrics is not None:  # grad_norm stays on the device until the row is written: no sync here
                 metrics.write(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0],
-                              grad_norm=float(grad_norm), ecgs_per_s=measured, skipped=skipped)
+                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True)
+                if logging_step:
+                    metrics.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4f}", ecg_s=f"{ecgs_per_s:.1f}")
             if step % config.ckpt_every == 0 and step < total_steps:
+                if metrics is not None:
+                    metrics.flush()
                 save()
             if step >= total_steps:
                 break
@@ -294,6 +324,8 @@ class _MetricsLog:
 
     One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips;
     ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``).
+    A row written with ``defer`` may hold device tensors (the gradient norm): it is kept until :meth:`flush`, which
+    reads them all at once, so that logging synchronises with the device every ``log_every`` steps, not every step.
     """
 
     FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
@@ -308,6 +340,7 @@ class _MetricsLog:
         self.writer.writeheader()
         self.writer.writerows(rows)
         self.file.flush()
+        self.pending: list[dict] = []
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -315,15 +348,29 @@ class _MetricsLog:
         except Exception:  # tensorboard not installed: CSV only
             self.tb = None
 
-    def write(self, **row) -> None:
-        self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    def write(self, defer: bool = False, **row) -> None:
+        self.pending.append(row)
+        if not defer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending rows (tensors read here, one synchronisation for all of them)."""
+        if not self.pending:
+            return
+        tensors = [v for row in self.pending for v in row.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack(tensors).float().tolist()) if tensors else iter(())
+        for row in self.pending:
+            row = {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
+            self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
+            if self.tb is not None:
+                for k in ("loss", "lr", "grad_norm", "ecgs_per_s"):
+                    if row[k] is not None and math.isfinite(row[k]):
+                        self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
+        self.pending.clear()
         self.file.flush()
-        if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "ecgs_per_s"):
-                if row[k] is not None and math.isfinite(row[k]):
-                    self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
 
     def close(self) -> None:
+        self.flush()
         self.file.close()
         if self.tb is not None:
             self.tb.close()
