@@ -218,3 +218,20 @@ def test_the_plan_picks_what_fits_and_names_the_flag_when_nothing_requested_fits
     assert plan.mode == "full" and "MB saved for backward per ECG" in plan.lines[0]
     with pytest.raises(ValueError, match="memory mode"):
         memory.plan_memory("tiny", "fp32", 500, 8, "some", None, torch.device("cpu"))
+
+
+def test_compiled_checkpointed_blocks_give_the_plain_step():
+    """Under torch.compile (fullgraph, AOTAutograd) the partitioner recomputes the checkpointed blocks; gradients
+    and BatchNorm statistics (updated once, in the forward graph) are the eager plain step's."""
+    torch.manual_seed(0)
+    start = DualStreamTemporalNet(temporalnet_config("tiny", dropout=0.0)).train()  # no RNG: compile draws its own
+    x = torch.randn(4, 8, 128)
+    plain, ckpt = copy.deepcopy(start), copy.deepcopy(start).checkpoint_blocks()
+    loss_plain = plain.embed(x).square().sum()
+    loss_plain.backward()
+    loss_ckpt = torch.compile(ckpt.embed, backend="aot_eager", fullgraph=True)(x).square().sum()
+    loss_ckpt.backward()
+    torch.testing.assert_close(loss_ckpt, loss_plain, rtol=1e-5, atol=1e-5)
+    grads = _grads(plain)
+    _assert_close_dicts(_grads(ckpt), grads, rtol=1e-4, atol=_grad_tolerance(grads))
+    _assert_close_dicts(_buffers(ckpt), _buffers(plain), rtol=1e-5, atol=1e-7)

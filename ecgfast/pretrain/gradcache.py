@@ -129,7 +129,9 @@ class ChunkedContrastiveStep:
         z = z.flatten(0, 2).requires_grad_()  # rows (view, ecg, stream), a leaf of the loss's graph only
         loss = self.loss_fn(z, row_ids(ecg_ids, N_VIEWS, n_streams), row_ids(patient_ids, N_VIEWS, n_streams))
         # d loss / d z; under DDP the gather's backward returns the other ranks' terms to these rows
-        grad = torch.autograd.grad(loss, z)[0] if loss.requires_grad else torch.zeros_like(z)
+        if loss.requires_grad:  # into z only; not autograd.grad, which module hooks (a FLOP counter) refuse
+            loss.backward(inputs=[z])
+        grad = z.grad if z.grad is not None else torch.zeros_like(z)
         self._pending = (views, bounds, states, grad.view(N_VIEWS, batch, n_streams, -1), _rng_state(device))
         return loss.detach()
 
