@@ -63,17 +63,33 @@ def _configs(which: str) -> list[triton.Config]:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
 
 
+# estimated 32-bit registers a thread for the live tiles (tile_registers), past which ptxas (sm_90, 255 at most)
+# spilled in the calibration; blocks of fewer than 64 rows use mma.sync, which keeps more operands in registers
+REGISTER_BUDGET = {"fwd": 192, "bwd": 224}
+REGISTER_BUDGET_MMA_SYNC = 160
+SMEM_BUDGET = 220 * 1024  # bytes of pipelined key tiles an H100 SM holds
+
+
+def tile_registers(which: str, block_m: int, block_n: int, num_warps: int, d_pad: int, elem_bytes: int) -> float:
+    """Estimated 32-bit registers a thread for a config's live tiles: the query tile, the fp32 similarity-sized tiles
+    (3 of them: s, p, w), and in the backward the (BLOCK_M, D) fp32 accumulator and the key tile (the second
+    product's operand). Calibrated against ptxas for sm_90 (tests/test_contrastive_loss_op.py compiles the bf16
+    configs and asserts zero spills): under the budget, no config spilled; over it, most did."""
+    threads = 32 * num_warps
+    live = block_m * d_pad * elem_bytes + block_m * block_n * 4 * 3
+    if which == "bwd":
+        live += block_m * d_pad * 4 + block_n * d_pad * elem_bytes
+    return live / (4 * threads)
+
+
 def tile_fits(which: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d_pad: int,
               elem_bytes: int) -> bool:
-    """Whether a config's tiles fit an H100 SM: at most ~160 registers a thread for the live tiles (the rest is
-    addresses and loop state; 255 is the hard limit, past it ptxas spills) and 200 KiB of pipelined key tiles."""
-    threads = 32 * num_warps
-    rows_q = block_m * d_pad * elem_bytes  # the query tile, held for the whole loop
-    tiles = block_m * block_n * 4 * (3 if which == "fwd" else 5)  # s, p, w (+ both P terms, ds): fp32
-    acc = block_m * d_pad * 4 if which == "bwd" else 0  # the (BLOCK_M, D) gradient accumulator
-    registers = (rows_q + tiles + acc) / (4 * threads)
-    smem = num_stages * block_n * d_pad * elem_bytes
-    return smem <= 220 * 1024
+    """Whether a config's tiles fit an H100 SM without spilling: the register estimate under its budget (the
+    smaller one for blocks of fewer than 64 rows, which use mma.sync rather than wgmma) and num_stages key tiles
+    in shared memory."""
+    budget = REGISTER_BUDGET[which] if block_m >= 64 else REGISTER_BUDGET_MMA_SYNC
+    registers = tile_registers(which, block_m, block_n, num_warps, d_pad, elem_bytes)
+    return registers <= budget and num_stages * block_n * d_pad * elem_bytes <= SMEM_BUDGET
 
 
 def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int) -> list[triton.Config]:
@@ -184,10 +200,10 @@ def _store_input_grad(Z, DZ, rows, ok, dx, stride_z0, stride_z1, D: tl.constexpr
     if NORMALIZE:
         z = tl.load(Z + rows[:, None] * stride_z0 + offs[None, :] * stride_z1, mask=mask, other=0.0).to(tl.float32)
         norm = tl.sqrt(tl.sum(z * z, axis=1))
-        inv = 1.0 / tl.maximum(norm, 1e-12)
-        x = z * inv[:, None]
+        denom = tl.maximum(norm, 1e-12)[:, None]
+        x = z / denom  # a division, as F.normalize: x = +-1 exactly for d = 1, where the gradient is exactly 0
         proj = tl.where(norm > 1e-12, tl.sum(x * dx, axis=1), 0.0)  # below eps x = z / eps: no projection
-        dx = (dx - proj[:, None] * x) * inv[:, None]
+        dx = (dx - proj[:, None] * x) / denom
     tl.store(DZ + rows[:, None] * D + offs[None, :], dx.to(DZ.dtype.element_ty), mask=mask)
 
 
@@ -239,7 +255,8 @@ def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N,
         allowed = _allowed(VIEWS, q, rows_ok, cols, cols_ok, HAS_VIEWS)
         logits = tl.where(allowed, dots * scale_log2, float("-inf"))
         # masked through the logits, so that w lives in the dot's register layout (one copy of the tile)
-        w = tl.where(logits > float("-inf"), _positive_weights(IDS, WEIGHTS, N, q, rows_ok, cols, cols_ok, NUM_KINDS), 0.0)
+        w = _positive_weights(IDS, WEIGHTS, N, q, rows_ok, cols, cols_ok, NUM_KINDS)
+        w = tl.where(logits > float("-inf"), w, 0.0)
         pos_i += tl.sum(w * dots, axis=1)
         w_i += tl.sum(w, axis=1)
         m_new = tl.maximum(m_i, tl.max(logits, axis=1))

@@ -56,6 +56,7 @@ OP = "contrastive_loss"
 MAX_DIM = 1024  # largest feature size the kernels are tuned and tested for
 PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "tf32", "fp32")  # of the similarity products (functional docstring)
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DEFAULT_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # of z's dtype; "fp32" (no rounding) else
 _SM_COUNT_WITHOUT_GPU = 132  # an H100's: the interpreter takes the split decisions the GPU would take
 
 
@@ -63,7 +64,7 @@ _SM_COUNT_WITHOUT_GPU = 132  # an H100's: the interpreter takes the split decisi
 # Host launcher of the Triton kernels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return _SM_COUNT_WITHOUT_GPU
@@ -191,10 +192,10 @@ def _normalize_backward(z: torch.Tensor, dx: torch.Tensor, normalize: bool) -> t
         return dx.to(z.dtype)
     zw = z.to(dx.dtype)
     norm = zw.norm(dim=1, keepdim=True)
-    inv = 1.0 / norm.clamp_min(1e-12)
-    x = zw * inv
+    denom = norm.clamp_min(1e-12)
+    x = zw / denom  # a division, as F.normalize (x = +-1 exactly for d = 1, where the gradient is exactly 0)
     proj = torch.where(norm > 1e-12, (x * dx).sum(dim=1, keepdim=True), 0.0)  # below eps x = z / eps: none
-    return ((dx - proj * x) * inv).to(z.dtype)
+    return ((dx - proj * x) / denom).to(z.dtype)
 
 
 def _dense_labels(ids: torch.Tensor) -> torch.Tensor:
@@ -407,8 +408,8 @@ def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], vie
         chosen = "cpp" if "cpp" in available_backends(OP, z.device) else "torch"
     if z.shape[0] < 2:  # one row has no pair: the reference's convention (loss 0) applies
         chosen = "torch"
-    if precision is None:  # tensor cores on Triton; the input's own precision elsewhere
-        precision = ("fp16" if z.dtype == torch.float16 else "bf16") if chosen == "triton" else "fp32"
+    if precision is None:  # the input's own precision: bf16 / fp16 rows for bf16 / fp16 z, no rounding otherwise
+        precision = _DEFAULT_PRECISION.get(z.dtype, "fp32")
     loss, w_sum, _ = contrastive_rows(z, ids, list(lam), views, start, stop - start, float(cfg.temperature),
                                       cfg.normalize, precision, chosen)
     return loss, w_sum
