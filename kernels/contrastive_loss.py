@@ -32,7 +32,8 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
   order (deterministic) before the same epilogue. A block without queries (under DDP) only visits the query keys.
 
 Tile sizes come from ``triton.autotune`` over a few configs keyed on (N bucket, D, dtypes), pruned to those whose
-tiles fit in registers and shared memory for that D; under the Triton interpreter (CPU tests) a single config.
+tiles fit in registers and shared memory for that D; under the Triton interpreter (CPU tests) one config per N
+bucket, never benchmarked.
 """
 
 from __future__ import annotations
@@ -53,9 +54,20 @@ SPLIT_MIN_SM_SHARE = 2  # split the keys only when the row blocks fill at most h
 # Configs: (BLOCK_M, BLOCK_N, num_warps, num_stages), pruned per D by a register and shared-memory estimate
 
 
+INTERPRET_BIG_BUCKET = 2048  # from this N bucket on, the interpreter takes 512-row tiles (below, 64)
+
+
+def _interpreter_config(n_bucket: int) -> triton.Config:
+    """The one config of the interpreter for keys N in ``n_bucket`` (next power of 2): 64-row tiles, so that small
+    test sizes cross block and split borders (N = 65), and 512-row tiles from 2048 rows, since the interpreter's
+    cost is per tile step (N = 4097, d = 16 forward + backward: about 26 s instead of 160 s with 64-row tiles)."""
+    block = 512 if n_bucket >= INTERPRET_BIG_BUCKET else 64
+    return triton.Config({"BLOCK_M": block, "BLOCK_N": block})
+
+
 def _configs(which: str) -> list[triton.Config]:
-    if INTERPRET:  # few, mid-sized tiles: every test size still crosses block and split borders (N = 65)
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
+    if INTERPRET:  # one per N bucket, chosen by the pruner: the interpreter never benchmarks
+        return [_interpreter_config(1), _interpreter_config(INTERPRET_BIG_BUCKET)]
     table = {  # whole-d tiles: the rows per tile shrink as D grows, so that D = 1024 still fits
         "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
         "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
@@ -101,14 +113,17 @@ def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: i
 def _pruner(which: str):
     """The autotuner's early_config_prune: the configs whose tiles fit for this launch's D_PAD and row dtype."""
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        if INTERPRET:
+            return [_interpreter_config(named_args["N_BUCKET"])]
         return _fitting(configs, which, kwargs["D_PAD"], named_args["X"].element_size())
     return prune
 
 
-def launch_configs(which: str, d_pad: int, elem_bytes: int) -> list[triton.Config]:
-    """The configs the autotuner of kernel ``which`` ("fwd" / "bwd") chooses from for this D and row dtype."""
-    configs = _configs(which)
-    return configs if len(configs) == 1 else _fitting(configs, which, d_pad, elem_bytes)
+def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int) -> list[triton.Config]:
+    """The configs the autotuner of kernel ``which`` ("fwd" / "bwd") chooses from for N keys, this D and row dtype."""
+    if INTERPRET:
+        return [_interpreter_config(triton.next_power_of_2(n))]
+    return _fitting(_configs(which), which, d_pad, elem_bytes)
 
 
 def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int) -> tuple[int, int]:

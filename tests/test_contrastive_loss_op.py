@@ -109,6 +109,70 @@ def test_forward_and_grads_match_the_reference(backend: str, n: int, d: int, dty
     assert torch.equal(got[~has_pos], torch.zeros_like(got[~has_pos]))  # rows without positives: exactly 0
 
 
+# The issue-12 grid of the Triton kernels (in the interpreter without a GPU): N = 3 (one partial tile), 65 (two row
+# blocks, split keys and the merge / reduce kernels), 4097 (the interpreter's 512-row tiles, nine key splits; fp32 and
+# bf16 at d = 16 only, about 30 s each on 2 cores); d = 16, 128, 256; strided z, ids and view ids. N = 2 is apart:
+# its only allowed key is its positive, so the loss is identically 0 and has no relative error to measure.
+GRID = [(n, d, dtype) for n in (3, 65) for d in (16, 128, 256) for dtype in DTYPES] + [
+    pytest.param(4097, 16, dtype, marks=pytest.mark.slow) for dtype in (torch.float32, torch.bfloat16)]
+# floor added to twice torch's own relative error in the same precision (relative: max-norm for the loss, Frobenius
+# for the gradient, both against the float64 reference); the kernels round the gradient once to z's dtype
+GRID_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+needs_triton = pytest.mark.skipif("triton" not in BACKENDS, reason="triton not available (no GPU, no interpreter)")
+
+
+def strided_case(n: int, d: int, dtype: torch.dtype, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """z (n, d) in dtype, and the loss arguments, every tensor a non-contiguous view: z every other column of a
+    (n, 2d) matrix, or the transpose of a (d, n) one; two kinds of ids and the view ids every other entry of wider
+    vectors. At N = 3 the ids and views are fixed so that a row has a positive and a negative."""
+    if (n + d) % 2:
+        z = torch.randn(n, 2 * d, generator=gen).to(dtype)[:, ::2]
+    else:
+        z = torch.randn(d, n, generator=gen).to(dtype).T
+    if n == 3:
+        wide_ids = torch.tensor([[0, 9, 0, 9, 1, 9], [0, 9, 0, 9, 0, 9]])  # row 1 pairs with 0 (both kinds), 2 (one)
+        wide_views = torch.tensor([0, 7, 1, 7, 0, 7])
+    else:
+        ecg = torch.randint(0, max(1, n // 3), (2 * n,), generator=gen)
+        wide_ids = torch.stack([ecg, ecg // 2])
+        wide_views = torch.randint(0, 2, (2 * n,), generator=gen)
+    kw = {"group_ids": wide_ids[:, ::2], "temperature": TAU, "weights": (1.0, 0.5),
+          "view_ids": wide_views[::2] if d != 128 else None}
+    return z, kw
+
+
+@needs_triton
+@pytest.mark.parametrize(("n", "d", "dtype"), GRID, ids=str)
+def test_triton_grid_relative_errors_against_float64(n: int, d: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1000 * n + d)
+    z, kw = strided_case(n, d, dtype, gen)
+    assert not z.is_contiguous() and not kw["group_ids"].is_contiguous()
+    up = torch.rand(n, generator=gen) + 0.5  # a non-uniform upstream gradient
+    truth, truth_grad = _loss_and_grad(reference, z.double(), up, **kw)
+    assert truth_grad.norm() > 1e-3 * math.sqrt(n * d)  # a grid point with a real gradient to measure
+    low, low_grad = _loss_and_grad(lambda x, **k: reference(x, upcast=dtype == torch.float32, **k), z, up, **kw)
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, up, backend="triton", **kw)
+
+    def rel(a: torch.Tensor, b: torch.Tensor, norm: float | str) -> float:
+        return ((a - b).norm(p=norm) / b.norm(p=norm)).item()
+
+    for what, value, own, exact, norm in (("loss", got, low, truth, math.inf), ("grad", grad, low_grad, truth_grad, 2)):
+        err, err_torch = rel(value, exact, norm), rel(own, exact, norm)
+        assert err <= 2 * err_torch + GRID_RTOL[dtype], (what, err, err_torch)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", (16, 128, 256))
+def test_triton_two_rows_give_an_identically_zero_loss(d: int, dtype: torch.dtype) -> None:
+    """N = 2 with one pair: each row's only allowed key is its positive, so loss = lse - s = 0 whatever z is."""
+    gen = torch.Generator().manual_seed(d)
+    z, _ = strided_case(2, d, dtype, gen)
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, torch.ones(2), group_ids=torch.zeros(4)[::2].long(),
+                               backend="triton")
+    assert got.abs().max() <= 1e-5 and grad.abs().max() <= GRAD_ATOL[dtype]
+
+
 @pytest.mark.parametrize("case", ID_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_id_cases_views_weights_and_reductions(backend: str, case: str) -> None:
@@ -505,7 +569,7 @@ _TRITON_AOT = textwrap.dedent("""
         elem = 4 if dtype == "fp32" else 2
         for which, kernel, types in (("fwd", k._mp_contrastive_fwd_kernel.fn, FWD),
                                      ("bwd", k._mp_contrastive_bwd_kernel.fn, BWD)):
-            configs = k.launch_configs(which, d_pad, elem)
+            configs = k.launch_configs(which, d_pad, elem, 8192)
             for config in configs if which_configs == "all" else configs[:1]:
                 consts = {"D": d, "D_PAD": d_pad, "NUM_KINDS": 2, "HAS_VIEWS": True, "SINGLE": True, "DOT": dot,
                           **config.kwargs}

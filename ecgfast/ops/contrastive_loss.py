@@ -115,7 +115,7 @@ def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float]
 
     x, const = _triton_setup(z, normalize, precision)
     n = x.shape[0]
-    configs = k.launch_configs("fwd", const["D_PAD"], x.element_size())
+    configs = k.launch_configs("fwd", const["D_PAD"], x.element_size(), n)
     n_splits, per_split = k.key_splits(n_rows, n, configs, _sm_count(x.device))
     if splits is not None:
         per_split = triton.cdiv(n, splits)
@@ -146,7 +146,7 @@ def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, wei
 
     x, const = _triton_setup(z, normalize, precision)
     n, d = x.shape
-    configs = k.launch_configs("bwd", const["D_PAD"], x.element_size())
+    configs = k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
     n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device))[0]
     dz = torch.empty(n, d, dtype=z.dtype, device=z.device)
     part = torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device) if n_splits > 1 else dz
