@@ -157,6 +157,18 @@ def _mma(a, b, acc, DOT: tl.constexpr):
 
 
 @triton.jit
+def _round_to(x, dtype: tl.constexpr):
+    """fp32 x rounded to nearest (ties to even) in ``dtype``. bf16 goes through integer arithmetic on the bits: the
+    Triton interpreter truncates fp32 -> bf16 where the GPU rounds to nearest, and the CPU tests must test the GPU's
+    rounding (a truncated row is biased toward 0, and its loss moved 5x more at N = 65, d = 128). NaN stays NaN."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+    return x.to(dtype)
+
+
+@triton.jit
 def _load_rows(X, rows, ok, D: tl.constexpr, D_PAD: tl.constexpr):
     """(len rows, D_PAD) tile of the contiguous (N, D) rows x, zero outside (padding columns add nothing)."""
     offs = tl.arange(0, D_PAD)
@@ -219,7 +231,7 @@ def _store_input_grad(Z, DZ, rows, ok, dx, stride_z0, stride_z1, D: tl.constexpr
         x = z / denom  # a division, as F.normalize: x = +-1 exactly for d = 1, where the gradient is exactly 0
         proj = tl.where(norm > 1e-12, tl.sum(x * dx, axis=1), 0.0)  # below eps x = z / eps: no projection
         dx = (dx - proj[:, None] * x) / denom
-    tl.store(DZ + rows[:, None] * D + offs[None, :], dx.to(DZ.dtype.element_ty), mask=mask)
+    tl.store(DZ + rows[:, None] * D + offs[None, :], _round_to(dx, DZ.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,7 +248,7 @@ def _mp_contrastive_normalize_kernel(Z, X, N, stride_z0, stride_z1, D: tl.conste
     z = tl.load(Z + rows[:, None] * stride_z0 + offs[None, :] * stride_z1, mask=mask, other=0.0).to(tl.float32)
     if NORMALIZE:
         z = z / tl.maximum(tl.sqrt(tl.sum(z * z, axis=1)), 1e-12)[:, None]
-    tl.store(X + rows[:, None] * D + offs[None, :], z.to(X.dtype.element_ty), mask=mask)
+    tl.store(X + rows[:, None] * D + offs[None, :], _round_to(z, X.dtype.element_ty), mask=mask)
 
 
 @triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "D"], prune_configs_by={"early_config_prune":
@@ -354,7 +366,7 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
         ds = (g_a[:, None] * tl.exp2(logits - lse_a[:, None]) + g_k[None, :] * tl.exp2(logits - lse_k[None, :])
               - (c_a[:, None] + c_k[None, :]) * w)
         ds = tl.where(allowed, ds, 0.0)
-        acc = _mma(ds.to(x_k.dtype), x_k, acc, DOT)  # ds rounded to the row dtype, as FlashAttention does with P
+        acc = _mma(_round_to(ds, x_k.dtype), x_k, acc, DOT)  # ds rounded to the row dtype, as FlashAttention rounds P
     dx = acc * inv_tau
     if SINGLE:
         _store_input_grad(Z, DZ, rows, rows_ok, dx, stride_z0, stride_z1, D, D_PAD, NORMALIZE)

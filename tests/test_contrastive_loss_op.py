@@ -173,6 +173,45 @@ def test_triton_two_rows_give_an_identically_zero_loss(d: int, dtype: torch.dtyp
     assert got.abs().max() <= 1e-5 and grad.abs().max() <= GRAD_ATOL[dtype]
 
 
+# (z's dtype, precision argument, the dtype the rows are rounded to or None, unit roundoff u of the rows)
+PRECISION_CASES = [(torch.float32, "bf16", torch.bfloat16, 2**-8), (torch.bfloat16, None, torch.bfloat16, 2**-8),
+                   (torch.float16, None, torch.float16, 2**-11), (torch.float32, "fp16", torch.float16, 2**-11),
+                   (torch.float32, None, None, 0.0)]
+
+
+@pytest.mark.parametrize(("z_dtype", "precision", "rows_dtype", "u"), PRECISION_CASES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_precision_contract(backend: str, z_dtype: torch.dtype, precision: str | None, rows_dtype: torch.dtype | None,
+                            u: float) -> None:
+    """The functional's precision contract: rows normalised in float32 and rounded once to nearest; the loss float32
+    and equal to the loss of the rounded rows; |loss_i - exact loss_i| <= 2 (2 u + u^2) / tau; the gradient in z's
+    dtype, within a relative 2 u of the float64 gradient of the rounded rows' loss passed straight through."""
+    gen = torch.Generator().manual_seed(31)
+    n, d = 65, 128
+    z = torch.randn(n, d, generator=gen).to(z_dtype).requires_grad_()
+    ids = make_ids("two", n, gen)
+    kw = {"group_ids": ids, "temperature": TAU, "weights": (1.0, 0.5), "view_ids": torch.randint(0, 2, (n,),
+                                                                                                 generator=gen)}
+    up = torch.rand(n, generator=gen) + 0.5
+    got = multi_positive_contrastive_loss(z, reduction="none", backend=backend, precision=precision, **kw)
+    (grad,) = torch.autograd.grad(got, z, up)
+    assert got.dtype == torch.float32 and grad.dtype == z_dtype
+
+    z64 = z.detach().double().requires_grad_()
+    x = torch.nn.functional.normalize(z64, dim=1)
+    rounded = torch.nn.functional.normalize(z.detach().float(), dim=1)  # normalised in float32, then rounded once
+    rounded = (rounded if rows_dtype is None else rounded.to(rows_dtype)).double()
+    through = x + (rounded - x).detach()  # the rounded rows, the gradient passed straight through the rounding
+    of_rounded = reference(through, reduction="none", normalize=False, **kw)
+    (grad_of_rounded,) = torch.autograd.grad(of_rounded, z64, up.double())
+    exact = reference(z64.detach(), reduction="none", **kw)
+
+    assert (got.double() - of_rounded).abs().max() <= 1e-5  # the rounded rows' loss up to float32 summation
+    assert (got.double() - exact).abs().max() <= 2 * (2 * u + u * u) / TAU + 1e-5
+    rel = ((grad.double() - grad_of_rounded).norm() / grad_of_rounded.norm()).item()
+    assert rel <= 2 * u + 1e-5, rel
+
+
 @pytest.mark.parametrize("case", ID_CASES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_id_cases_views_weights_and_reductions(backend: str, case: str) -> None:

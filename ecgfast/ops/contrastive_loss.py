@@ -439,15 +439,22 @@ def multi_positive_contrastive_loss(
     Same definition as :func:`ecgfast.reference.contrastive_loss.multi_positive_contrastive_loss_reference` (the
     module docstring of this file says how it is computed).
 
-    Precision contract. The rows are normalised in float32 (``F.normalize``) and rounded once to ``precision``
-    for the similarity products; accumulation, log-sum-exp, the positive term, the loss and the gradient are
-    float32 whatever the precision (float64 for float64 ``z`` off Triton). The result is the exact loss of the
-    rounded rows up to float32 summation, and its gradient, passed straight through the rounding (and, in the
-    backward's second product, the softmax weights rounded to the row dtype, as FlashAttention does). Each
-    ``s_ij`` moves by at most about ``2 u / tau`` (``u`` the unit roundoff: 2^-8 bf16, 2^-11 fp16 and tf32) and each
-    ``loss_i`` by at most twice that. Tested (tests/test_contrastive_loss_op.py): against the float64 reference,
-    the error of the loss and of its gradient is at most twice the error of torch computing the same loss in that
-    precision (the reference in bfloat16 / float16 arithmetic) plus a small atol.
+    Precision contract (every backend; tests/test_contrastive_loss_op.py::test_precision_contract):
+
+    - Rows: ``z`` is normalised in float32 (``F.normalize``; float64 for float64 ``z`` off Triton) and rounded once,
+      to nearest, to the product precision: bf16 when ``z`` is bfloat16 or ``precision="bf16"`` (the tensor-core
+      path for float32 embeddings: ask for it explicitly), fp16 when ``z`` is float16 or ``precision="fp16"``, tf32
+      when asked, none for float32 ``z`` by default. Nothing depends on the global ``allow_tf32`` flag.
+    - Accumulation: the dot products accumulate in float32; the log-sum-exp, the positive term and the loss are
+      float32 (the loss is float32 whatever ``z``'s dtype, float64 for float64 ``z``).
+    - Gradient: accumulated in float32, passed straight through the rounding of the rows, and rounded once to
+      ``z``'s dtype (so float32 for float32 ``z`` with bf16 products). On Triton the backward's second product
+      also takes its weights ``P_ij - w_ij / W_i`` rounded to the row precision, as FlashAttention rounds P.
+    - Bounds, with ``u`` the unit roundoff of the rows (2^-8 bf16, 2^-11 fp16 and tf32, 0 without rounding): the
+      loss is the loss of the rounded rows up to float32 summation (tested within 1e-5); each ``s_ij`` moves by at
+      most ``(2 u + u^2) / tau`` from the exact one, so each ``loss_i`` moves by at most twice that (tested against
+      the float64 reference); the gradient is within a relative ``2 u`` (Frobenius norm) of the float64 gradient of
+      the rounded rows' loss passed straight through the rounding.
 
     Args:
         z: (n, d) embeddings of this rank (all N rows without torch.distributed), float32 / bfloat16 / float16 /
@@ -465,10 +472,8 @@ def multi_positive_contrastive_loss(
             a distributed gather.
         backend: ``"triton"``, ``"cpp"`` or ``"torch"``; default ``$ECGFAST_LOSS_BACKEND`` or the best available.
         precision: of the similarity products, one of ``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp32"`` (no rounding;
-            float64 stays float64). Default: ``"bf16"`` on the triton backend (``"fp16"`` for float16 ``z``), tensor
-            cores by design and not by the global ``allow_tf32`` flag; ``"fp32"`` on cpp and torch (a CPU has no
-            faster low precision). An explicit value applies to every backend (cpp and torch round the rows the same
-            way, so the backends agree).
+            float64 stays float64). Default: ``z``'s own precision (``"bf16"`` / ``"fp16"`` for bfloat16 / float16,
+            ``"fp32"`` otherwise), on every backend; cpp and torch round the rows the same way, so backends agree.
 
     Returns:
         A scalar, or (n,) for ``"none"``; float32 (float64 for float64 ``z``). Under torch.distributed, the
