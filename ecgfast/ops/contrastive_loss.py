@@ -330,9 +330,13 @@ def _setup_context(ctx, inputs, output) -> None:
     _, w_sum, lse = output
     ctx.save_for_backward(z, ids, views, lse, w_sum)
     ctx.args = (weights, offset, n_rows, temperature, normalize, precision, backend)
+    ctx.mark_non_differentiable(w_sum, lse)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for W and lse: two launches fewer
 
 
 def _backward(ctx, grad_loss, _grad_w_sum, _grad_lse):
+    if grad_loss is None:  # the per-row losses were not used
+        return None, None, None, None, None, None, None, None, None, None
     z, ids, views, lse, w_sum = ctx.saved_tensors
     weights, offset, n_rows, temperature, normalize, precision, backend = ctx.args
     dz = contrastive_rows_backward(grad_loss, z, ids, weights, views, lse, w_sum, offset, n_rows, temperature,
