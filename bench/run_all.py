@@ -66,7 +66,8 @@ def run_tests() -> dict:
 
 
 NOTE_KEYS = {"gb_per_s": "{:.2f} GB/s", "peak_extra_mib": "peak +{:,.1f} MiB", "wait_share": "data wait {:.1%}",
-             "matmul_tflops": "{:.3f} TFLOP/s"}
+             "gflop": "{:,.2f} GFLOP", "mbytes": "{:,.2f} MB", "matmul_tflops": "{:.3f} TFLOP/s",
+             "pct_of_bf16_peak": "{:.1f} % of bf16 peak", "pct_of_bandwidth": "{:.1f} % of bandwidth"}
 
 
 def markdown(result: dict) -> list[str]:
