@@ -66,9 +66,10 @@ def run_tests() -> dict:
 
 
 NOTE_KEYS = {"gb_per_s": "{:.2f} GB/s", "peak_extra_mib": "peak +{:,.1f} MiB", "wait_share": "data wait {:.1%}",
-             "matmul_tflops": "{:.3f} TFLOP/s", "peak_mib": "peak {:,.0f} MiB",
-             "predicted_mib": "predicted {:,.0f} MiB", "prediction_error": "prediction {:+.1%}",
-             "gflop_per_step": "{:,.0f} GFLOP"}
+             "gflop": "{:,.2f} GFLOP", "mbytes": "{:,.2f} MB", "matmul_tflops": "{:.3f} TFLOP/s",
+             "pct_of_bf16_peak": "{:.1f} % of bf16 peak", "pct_of_bandwidth": "{:.1f} % of bandwidth",
+             "peak_mib": "peak {:,.0f} MiB", "predicted_mib": "predicted {:,.0f} MiB",
+             "prediction_error": "prediction {:+.1%}", "gflop_per_step": "{:,.0f} GFLOP"}
 
 
 def markdown(result: dict) -> list[str]:

@@ -5,10 +5,15 @@ Run: ``pytest bench/test_bench_contrastive_loss.py --benchmark-only`` (or ``pyth
 (:func:`ecgfast.ops.multi_positive_contrastive_loss`: triton on CUDA, the blockwise cpp backend on CPU; the Triton
 interpreter is never benchmarked); modes "forward" and "full" (forward + backward). Each benchmark records in
 ``extra_info`` its peak extra memory (CUDA: ``max_memory_allocated``; CPU: peak RSS of one call in a fresh
-process, the VmHWM mark reset before it) and its rate of the matmul FLOPs (forward 2 N^2 d, full 6 N^2 d: the
-floor any implementation pays). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts
-to show), so that the file takes a minute or two; the 16,384-row memory claim is a test in
-tests/test_contrastive_loss_op.py. GPU sizes go to N = 65,536, where the naive loss is skipped (> 64 GB).
+process, the VmHWM mark reset before it), and prints beside the mean time of one call its FLOPs (the matmul floor
+any implementation pays: forward 2 N^2 d, full 6 N^2 d), its bytes (the compulsory memory traffic: z read, the
+loss written, ids read; for "full" also z read again and dz written: O(N d), what a kernel that never spills the
+N x N matrix to memory moves), the achieved TFLOP/s and GB/s, and, on a GPU in :data:`PEAKS`, the percentage of
+its dense bf16 tensor-core peak and of its memory bandwidth (also in ``extra_info``, so bench/run_all.py records
+them). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts to show), so that the file
+takes a minute or two; the 16,384-row memory claim is a test in tests/test_contrastive_loss_op.py. GPU sizes are
+issue 12's: N = 2,048 (the paper's batch), 8,192, 32,768 and 65,536 at d = 128, bf16 embeddings; the naive loss is
+skipped at 65,536 rows (16 GiB per N x N fp32 matrix, several of them).
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 TAU = 0.1
 CPU_CASES = ((1024, 128), (2048, 256), (4096, 128))  # (N, d)
-GPU_NS = (1024, 4096, 8192, 16384, 65536)
-DS = (128, 256)
-NAIVE_MAX_N = 16384  # the naive loss at 65,536 rows needs several 16 GiB N x N matrices
+GPU_NS = (2048, 8192, 32768, 65536)
+GPU_DS = (128,)
+NAIVE_MAX_N = 32768  # the naive loss at 65,536 rows needs several 16 GiB N x N matrices
+# dense bf16 tensor-core TFLOP/s and memory GB/s of the GPUs we run on (vendor datasheets; no sparsity)
+PEAKS: dict[str, tuple[float, float]] = {"H100 PCIe": (756.0, 2000.0), "H100": (989.0, 3350.0),
+                                         "H200": (989.0, 4800.0), "A100": (312.0, 2039.0)}
 
 
 def naive_loss(z: torch.Tensor, ids: torch.Tensor, tau: float = TAU) -> torch.Tensor:
@@ -95,13 +103,42 @@ def peak_extra_mib(provider: str, mode: str, n: int, d: int) -> float:
     return float(out.stdout.split()[-1]) if out.returncode == 0 else float("nan")
 
 
-CASES = [(n, d, False) for n, d in CPU_CASES] + [(n, d, True) for n in GPU_NS for d in DS]
+CASES = [(n, d, False) for n, d in CPU_CASES] + [(n, d, True) for n in GPU_NS for d in GPU_DS]
+
+
+def flops_per_call(mode: str, n: int, d: int) -> int:
+    """The matmul FLOPs of one call: the N x N similarities (2 N^2 d) forward, and twice that again backward."""
+    return (2 if mode == "forward" else 6) * n * n * d
+
+
+def bytes_per_call(mode: str, n: int, d: int, elem: int, id_kinds: int = 1) -> int:
+    """Compulsory memory traffic of one call: z (N, d) read, the (N,) fp32 loss and the int64 ids read and written
+    once; "full" also reads z again and writes dz (N, d) (the backward recomputes the similarity tiles)."""
+    io = n * d * elem + n * 4 + id_kinds * n * 8
+    return io if mode == "forward" else io + 2 * n * d * elem
+
+
+def device_peaks(name: str) -> tuple[float, float] | None:
+    """(bf16 TFLOP/s, GB/s) of the GPU named ``name``, the first key of PEAKS it contains; None if unknown."""
+    return next((peak for key, peak in PEAKS.items() if key in name), None)
+
+
+def rates(mode: str, n: int, d: int, elem: int, mean_s: float, device: str) -> dict[str, float]:
+    """FLOPs, bytes and rates of one call that took ``mean_s``, with % of peak where the device is known."""
+    flops, nbytes = flops_per_call(mode, n, d), bytes_per_call(mode, n, d, elem)
+    out = {"gflop": flops / 1e9, "mbytes": nbytes / 1e6, "matmul_tflops": flops / mean_s / 1e12,
+           "gb_per_s": nbytes / mean_s / 1e9}
+    peaks = device_peaks(device)
+    if peaks is not None:
+        out["pct_of_bf16_peak"] = 100 * out["matmul_tflops"] / peaks[0]
+        out["pct_of_bandwidth"] = 100 * out["gb_per_s"] / peaks[1]
+    return out
 
 
 @pytest.mark.parametrize("mode", ("forward", "full"))
 @pytest.mark.parametrize("provider", ("naive", "fused"))
 @pytest.mark.parametrize("n,d,gpu", CASES, ids=[f"{'gpu' if g else 'cpu'}-N{n}-d{d}" for n, d, g in CASES])
-def test_contrastive_loss(benchmark, provider: str, mode: str, n: int, d: int, gpu: bool) -> None:
+def test_contrastive_loss(benchmark, capsys, provider: str, mode: str, n: int, d: int, gpu: bool) -> None:
     if gpu and not CUDA:
         pytest.skip("GPU sizes need CUDA")
     if not gpu and CUDA:
@@ -112,9 +149,17 @@ def test_contrastive_loss(benchmark, provider: str, mode: str, n: int, d: int, g
     if provider == "fused" and fused_backend not in available_backends("contrastive_loss", DEVICE):
         pytest.skip(f"the {fused_backend} backend is not available here")
     benchmark.group = f"contrastive-loss-{mode}-N{n}-d{d}"
-    fn, _ = make_case(provider, mode, n, d)
+    fn, z = make_case(provider, mode, n, d)
     benchmark.pedantic(fn, rounds=3 if CUDA else 2, warmup_rounds=1)
-    flops = (2 if mode == "forward" else 6) * n * n * d
-    benchmark.extra_info["device"] = torch.cuda.get_device_name(0) if CUDA else "cpu"
-    benchmark.extra_info["matmul_tflops"] = flops / benchmark.stats.stats.mean / 1e12
+    device = torch.cuda.get_device_name(0) if CUDA else "cpu"
+    mean_s = benchmark.stats.stats.mean
+    benchmark.extra_info["device"] = device
+    benchmark.extra_info.update(rates(mode, n, d, z.element_size(), mean_s, device))
     benchmark.extra_info["peak_extra_mib"] = peak_extra_mib(provider, mode, n, d)
+    info = benchmark.extra_info
+    peak = (f", {info['pct_of_bf16_peak']:.1f} % of bf16 peak, {info['pct_of_bandwidth']:.1f} % of bandwidth"
+            if "pct_of_bf16_peak" in info else "")
+    with capsys.disabled():  # beside pytest-benchmark's table, which has no room for these
+        print(f"\n{benchmark.group} {provider}: {mean_s * 1e3:.3f} ms, {info['gflop']:.2f} GFLOP, "
+              f"{info['mbytes']:.2f} MB, {info['matmul_tflops']:.3g} TFLOP/s, {info['gb_per_s']:.3g} GB/s{peak}, "
+              f"peak +{info['peak_extra_mib']:.1f} MiB")

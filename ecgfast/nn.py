@@ -124,7 +124,7 @@ class MultiPositiveContrastiveLoss(nn.Module):
         c = self.config
         ids: Sequence[torch.Tensor] | torch.Tensor = group_ids[0] if len(group_ids) == 1 else group_ids
         return multi_positive_contrastive_loss(z, ids, c.temperature, c.weights, view_ids, c.normalize, c.reduction,
-                                               gather=c.gather, backend=self.backend)
+                                               gather=c.gather, precision=c.precision, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"{self.config}, backend={self.backend!r}"

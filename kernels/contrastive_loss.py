@@ -1,164 +1,395 @@
-"""Triton kernels of the fused multi-positive contrastive loss: the row log-sum-exp of z z^T / tau, tile by tile.
+"""Triton kernels of the fused multi-positive contrastive loss, FlashAttention-2 style: the whole loss per row in
+one pass over key tiles, the whole gradient in one symmetric pass, never the N x N matrix.
 
-Only the O(N^2 d) part of the loss lives here; the positive term (O(N d), from group sums) and the autograd
-plumbing are in ``ecgfast.ops.contrastive_loss``. Notation: ``x`` (N, d) holds the (normalised) keys, the queries
-are its rows ``[offset, offset + n_rows)``; ``allowed(i, a) = a != i`` (global index) and, with view ids,
-``view[a] != view[i]``.
+Notation (``ecgfast.ops.contrastive_loss`` launches these): ``x`` (N, D) holds the normalised rows in the product
+dtype (bf16 / fp16 / fp32), contiguous; the queries are its rows ``[offset, offset + n_rows)``; ``s_ia = x_i . x_a /
+tau``; ``allowed(i, a) = a != i`` (global index) and, with view ids, ``view[a] != view[i]``; the positive weight of
+an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors, IDS (K, N) int64). Per query::
 
-- ``_mp_contrastive_fwd_kernel``: one program per BLOCK_M query rows; loops over BLOCK_N key tiles, computes the
-  tile of similarities with ``tl.dot`` (fp32 accumulation, d in BLOCK_D chunks) and keeps an online max-shifted
-  log-sum-exp (base 2) per row. Disallowed entries are ``-inf`` through ``tl.where``; the running max is replaced
-  by 0 while a row has seen nothing allowed, so no ``inf - inf`` ever appears. Writes ``lse`` (n_rows,) fp32,
-  ``-inf`` for a row with no allowed key at all.
-- ``_mp_contrastive_bwd_dq_kernel``: query-side gradient ``dq_i = sum_a g_i P_ia x_a / tau`` with
-  ``P_ia = exp(s_ia - lse_i)`` recomputed from the saved lse (FlashAttention style).
-- ``_mp_contrastive_bwd_kernel``: key-side gradient ``dk_a = sum_i g_i P_ia x_i / tau``: one program per key
-  block, looping over query tiles, so each program owns its output rows (no atomics, deterministic).
+    lse_i = log sum_{a allowed} exp(s_ia),  P_i = sum_a w_ia s_ia,  W_i = sum_a w_ia,
+    loss_i = lse_i - P_i / W_i  (0 when W_i = 0)
 
-Rows whose lse is ``-inf`` get ``lse = +inf`` in the backward, so every ``P`` of theirs is exactly 0.
+- ``_mp_contrastive_normalize_kernel``: the prologue, z (N, D) any float dtype and strides -> x = z / max(|z|,
+  1e-12) (F.normalize) rounded once to the product dtype.
+- ``_mp_contrastive_fwd_kernel``: one program per BLOCK_M queries and key split. The query tile is loaded once;
+  the key loop streams (BLOCK_N, D) tiles (D a constexpr: whole-d tiles, so the loop has no inner run-time loop and
+  Triton pipelines its loads over num_stages); one ``tl.dot`` per tile (fp32 accumulation, tensor cores for 16-bit
+  rows), an online max-shifted log-sum-exp in base 2, and P_i, W_i from the same tile. Disallowed entries are -inf
+  through ``tl.where``; the running max is replaced by 0 while a row has seen nothing allowed (no inf - inf).
+  With one split it writes loss, lse and W; with several (fewer query blocks than SMs) each split writes its
+  partial (lse, P, W) and ``_mp_contrastive_merge_kernel`` merges them (log-sum-exp of the lse, sums of P and W).
+- ``_mp_contrastive_bwd_kernel``: the symmetric backward. ``d loss / d s_ij = g_i (P_ij - w_ij / W_i)`` and s, w
+  and ``allowed`` are symmetric, so for every row a (query or not)::
+
+      dx_a = sum_j [g_a (P_aj - w_aj / W_a) + g_j (P_ja - w_ja / W_j)] x_j / tau
+
+  (g, 1/W of a non-query row are 0). One program owns BLOCK_M rows a and loops over key tiles j: one similarity
+  tile, both softmax terms from it (P_ja = exp(s_aj - lse_j)), one ``tl.dot`` into the (BLOCK_M, D) fp32
+  accumulator. FLOPs 4 N^2 D (6 N^2 D with the forward; the two-kernel backward it replaces did 8). Each program
+  owns its output rows: no atomics, deterministic. The normalisation's backward (``(dx - x (x . dx)) / |z|``)
+  runs in the epilogue, from z, so the kernel writes dz in z's dtype. With fewer row blocks than SMs the keys are
+  split, each split writes its (N, D) fp32 partial and ``_mp_contrastive_bwd_reduce_kernel`` sums them in a fixed
+  order (deterministic) before the same epilogue. A block without queries (under DDP) only visits the query keys.
+
+Tile sizes come from ``triton.autotune`` over a few configs keyed on (N bucket, D, dtypes), pruned to those whose
+tiles fit in registers and shared memory for that D; under the Triton interpreter (CPU tests) one config per N
+bucket, never benchmarked.
 """
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634  # log2(e): the kernels work with exp2 / log2; the host passes log2(e) / tau
+LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2; the host passes log2(e) / tau
+LN2 = 0.6931471805599453
+NORM_EPS = 1e-12  # F.normalize's eps: rows are divided by max(|z|, eps)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the Triton interpreter (CPU tests): one small config
+SPLIT_MIN_SM_SHARE = 2  # split the keys only when the row blocks fill at most half of the SMs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configs: (BLOCK_M, BLOCK_N, num_warps, num_stages), pruned per D by a register and shared-memory estimate
+
+
+INTERPRET_BIG_BUCKET = 2048  # from this N bucket on, the interpreter takes 512-row tiles (below, 64)
+
+
+def _interpreter_config(n_bucket: int) -> triton.Config:
+    """The one config of the interpreter for keys N in ``n_bucket`` (next power of 2): 64-row tiles, so that small
+    test sizes cross block and split borders (N = 65), and 512-row tiles from 2048 rows, since the interpreter's
+    cost is per tile step (N = 4097, d = 16 forward + backward: about 26 s instead of 160 s with 64-row tiles)."""
+    block = 512 if n_bucket >= INTERPRET_BIG_BUCKET else 64
+    return triton.Config({"BLOCK_M": block, "BLOCK_N": block})
+
+
+def _configs(which: str) -> list[triton.Config]:
+    if INTERPRET:  # one per N bucket, chosen by the pruner: the interpreter never benchmarks
+        return [_interpreter_config(1), _interpreter_config(INTERPRET_BIG_BUCKET)]
+    table = {  # whole-d tiles: the rows per tile shrink as D grows, so that D = 1024 still fits
+        "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
+        "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
+    }[which]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
+
+
+# estimated 32-bit registers a thread for the live tiles (tile_registers), past which ptxas (sm_90, 255 at most)
+# spilled in the calibration; blocks of fewer than 64 rows use mma.sync, which keeps more operands in registers
+REGISTER_BUDGET = {"fwd": 192, "bwd": 224}
+REGISTER_BUDGET_MMA_SYNC = 160
+SMEM_BUDGET = 220 * 1024  # bytes of pipelined key tiles an H100 SM holds
+
+
+def tile_registers(which: str, block_m: int, block_n: int, num_warps: int, d_pad: int, elem_bytes: int) -> float:
+    """Estimated 32-bit registers a thread for a config's live tiles: the query tile, the fp32 similarity-sized tiles
+    (3 of them: s, p, w), and in the backward the (BLOCK_M, D) fp32 accumulator and the key tile (the second
+    product's operand). Calibrated against ptxas for sm_90 (tests/test_contrastive_loss_op.py compiles the bf16
+    configs and asserts zero spills): under the budget, no config spilled; over it, most did."""
+    threads = 32 * num_warps
+    live = block_m * d_pad * elem_bytes + block_m * block_n * 4 * 3
+    if which == "bwd":
+        live += block_m * d_pad * 4 + block_n * d_pad * elem_bytes
+    return live / (4 * threads)
+
+
+def tile_fits(which: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d_pad: int,
+              elem_bytes: int) -> bool:
+    """Whether a config's tiles fit an H100 SM without spilling: the register estimate under its budget (the
+    smaller one for blocks of fewer than 64 rows, which use mma.sync rather than wgmma) and num_stages key tiles
+    in shared memory."""
+    budget = REGISTER_BUDGET[which] if block_m >= 64 else REGISTER_BUDGET_MMA_SYNC
+    registers = tile_registers(which, block_m, block_n, num_warps, d_pad, elem_bytes)
+    return registers <= budget and num_stages * block_n * d_pad * elem_bytes <= SMEM_BUDGET
+
+
+def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int) -> list[triton.Config]:
+    fit = [c for c in configs if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                           c.num_stages, d_pad, elem_bytes)]
+    return fit or configs[-1:]  # the smallest tiles, whatever the estimate says
+
+
+def _pruner(which: str):
+    """The autotuner's early_config_prune: the configs whose tiles fit for this launch's D_PAD and row dtype."""
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        if INTERPRET:
+            return [_interpreter_config(named_args["N_BUCKET"])]
+        return _fitting(configs, which, kwargs["D_PAD"], named_args["X"].element_size())
+    return prune
+
+
+def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int) -> list[triton.Config]:
+    """The configs the autotuner of kernel ``which`` ("fwd" / "bwd") chooses from for N keys, this D and row dtype."""
+    if INTERPRET:
+        return [_interpreter_config(triton.next_power_of_2(n))]
+    return _fitting(_configs(which), which, d_pad, elem_bytes)
+
+
+def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int) -> tuple[int, int]:
+    """(splits, keys per split) of the key loop: split only when the row blocks fill at most half the SMs.
+
+    Decided with the largest BLOCK_M of the configs (the fewest row blocks autotuning can choose), in key chunks
+    that are a multiple of every config's BLOCK_N, so that the choice does not depend on the config picked.
+    """
+    block_m = max(c.kwargs["BLOCK_M"] for c in configs)
+    granule = max(c.kwargs["BLOCK_N"] for c in configs)
+    row_blocks = triton.cdiv(rows, block_m)
+    key_tiles = triton.cdiv(keys, granule)
+    if row_blocks * SPLIT_MIN_SM_SHARE > sm_count or key_tiles < 2:
+        return 1, triton.cdiv(keys, granule) * granule
+    splits = min(sm_count // row_blocks, key_tiles)
+    per_split = triton.cdiv(key_tiles, splits) * granule
+    return triton.cdiv(keys, per_split), per_split
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tile helpers
 
 
 @triton.jit
-def _mma(a, b, acc, DOT_PRECISION: tl.constexpr):
-    """acc + a @ b with fp32 accumulation. DOT_PRECISION "upcast": operands converted to fp32 first (the Triton
-    interpreter's tl.dot mishandles bfloat16; a bf16 x bf16 product is exact in fp32, so results are unchanged)."""
-    if DOT_PRECISION == "upcast":
+def _mma(a, b, acc, DOT: tl.constexpr):
+    """acc + a @ b with fp32 accumulation. DOT "upcast": operands converted to fp32 first (the Triton interpreter's
+    tl.dot mishandles 16-bit floats; a product of two 16-bit floats is exact in fp32, so results are unchanged)."""
+    if DOT == "upcast":
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return tl.dot(a, b, acc, input_precision=DOT)
 
 
 @triton.jit
-def _dot_tile(X, rows_a, ok_a, rows_b, ok_b, D, stride_x,
-              BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """(BLOCK_A, BLOCK_B) fp32 tile of x[rows_a] . x[rows_b]^T, accumulated over d in BLOCK_D chunks."""
-    acc = tl.zeros([BLOCK_A, BLOCK_B], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        a = tl.load(X + rows_a[:, None] * stride_x + offs_d[None, :], mask=ok_a[:, None] & d_ok[None, :], other=0.0)
-        b = tl.load(X + rows_b[:, None] * stride_x + offs_d[None, :], mask=ok_b[:, None] & d_ok[None, :], other=0.0)
-        acc = _mma(a, tl.trans(b), acc, DOT_PRECISION)
-    return acc
+def _round_to(x, dtype: tl.constexpr):
+    """fp32 x rounded to nearest (ties to even) in ``dtype``. bf16 goes through integer arithmetic on the bits: the
+    Triton interpreter truncates fp32 -> bf16 where the GPU rounds to nearest, and the CPU tests must test the GPU's
+    rounding (a truncated row is biased toward 0, and its loss moved 5x more at N = 65, d = 128). NaN stays NaN."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
+    return x.to(dtype)
 
 
 @triton.jit
-def _allowed_tile(VIEWS, q_glob, q_ok, k_glob, k_ok, HAS_VIEWS: tl.constexpr):
-    """(len q, len k) bool: key k_glob may appear in the denominator of query q_glob."""
-    allowed = q_ok[:, None] & k_ok[None, :] & (q_glob[:, None] != k_glob[None, :])
+def _load_rows(X, rows, ok, D: tl.constexpr, D_PAD: tl.constexpr):
+    """(len rows, D_PAD) tile of the contiguous (N, D) rows x, zero outside (padding columns add nothing)."""
+    offs = tl.arange(0, D_PAD)
+    return tl.load(X + rows[:, None] * D + offs[None, :], mask=ok[:, None] & (offs[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _allowed(VIEWS, rows, rows_ok, cols, cols_ok, HAS_VIEWS: tl.constexpr):
+    """(len rows, len cols) bool: key ``cols`` may appear in the denominator of ``rows`` (global indices)."""
+    allowed = rows_ok[:, None] & cols_ok[None, :] & (rows[:, None] != cols[None, :])
     if HAS_VIEWS:
-        vq = tl.load(VIEWS + q_glob, mask=q_ok, other=0)
-        vk = tl.load(VIEWS + k_glob, mask=k_ok, other=0)
-        allowed = allowed & (vq[:, None] != vk[None, :])
+        v_row = tl.load(VIEWS + rows, mask=rows_ok, other=0)
+        v_col = tl.load(VIEWS + cols, mask=cols_ok, other=0)
+        allowed = allowed & (v_row[:, None] != v_col[None, :])
     return allowed
 
 
 @triton.jit
-def _mp_contrastive_fwd_kernel(X, VIEWS, LSE, N, D, n_rows, offset, stride_x, scale_log2,
-                               HAS_VIEWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """LSE[r] = log sum_{a allowed} exp(x_q . x_a / tau), q = offset + r; scale_log2 = log2(e) / tau."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # local query rows
-    row_ok = rows < n_rows
-    q_glob = rows + offset
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (base-2 logits)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
-    for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        s = _dot_tile(X, q_glob, row_ok, cols, col_ok, D, stride_x, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
-        allowed = _allowed_tile(VIEWS, q_glob, row_ok, cols, col_ok, HAS_VIEWS)
-        s = tl.where(allowed, s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+def _positive_weights(IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, NUM_KINDS: tl.constexpr):
+    """(len rows, len cols) fp32 w = sum_k lambda_k [id_k[row] == id_k[col]] (not yet masked by ``allowed``)."""
+    w = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+    for k in tl.static_range(NUM_KINDS):
+        id_row = tl.load(IDS + k * N + rows, mask=rows_ok, other=0)
+        id_col = tl.load(IDS + k * N + cols, mask=cols_ok, other=0)
+        w += tl.where(id_row[:, None] == id_col[None, :], tl.load(WEIGHTS + k), 0.0)
+    return w
+
+
+@triton.jit
+def _row_loss(lse, pos, w_sum):
+    """loss_i = lse_i - P_i / W_i where row i has a positive (W_i > 0), else 0."""
+    has = w_sum > 0
+    return tl.where(has, lse - pos / tl.where(has, w_sum, 1.0), 0.0)
+
+
+@triton.jit
+def _query_terms(LSE, WSUM, G, rows, ok, offset, n_rows):
+    """For rows (global): (g, lse in base 2, g / W) as query rows; (0, +inf, 0) for a row that is no query or has
+    no positive (its loss is 0 whatever x is), so that every P term of it is exactly 0."""
+    local = rows - offset
+    is_q = ok & (local >= 0) & (local < n_rows)
+    w = tl.load(WSUM + local, mask=is_q, other=0.0)
+    has = w > 0
+    g = tl.where(has, tl.load(G + local, mask=is_q, other=0.0), 0.0)
+    lse2 = tl.where(has, tl.load(LSE + local, mask=is_q, other=0.0) * 1.4426950408889634, float("inf"))
+    return g, lse2, g / tl.where(has, w, 1.0)
+
+
+@triton.jit
+def _store_input_grad(Z, DZ, rows, ok, dx, stride_z0, stride_z1, D: tl.constexpr, D_PAD: tl.constexpr,
+                      NORMALIZE: tl.constexpr):
+    """dz = d loss / d z from dx = d loss / d x, through x = z / max(|z|, eps) when NORMALIZE; stored in z's dtype
+    into the contiguous (N, D) DZ. The rounding of x to the product dtype is passed straight through."""
+    offs = tl.arange(0, D_PAD)
+    mask = ok[:, None] & (offs[None, :] < D)
+    if NORMALIZE:
+        z = tl.load(Z + rows[:, None] * stride_z0 + offs[None, :] * stride_z1, mask=mask, other=0.0).to(tl.float32)
+        norm = tl.sqrt(tl.sum(z * z, axis=1))
+        denom = tl.maximum(norm, 1e-12)[:, None]
+        x = z / denom  # a division, as F.normalize: x = +-1 exactly for d = 1, where the gradient is exactly 0
+        proj = tl.where(norm > 1e-12, tl.sum(x * dx, axis=1), 0.0)  # below eps x = z / eps: no projection
+        dx = (dx - proj[:, None] * x) / denom
+    tl.store(DZ + rows[:, None] * D + offs[None, :], _round_to(dx, DZ.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _mp_contrastive_normalize_kernel(Z, X, N, stride_z0, stride_z1, D: tl.constexpr, D_PAD: tl.constexpr,
+                                     NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """X[r] = z_r / max(|z_r|, eps) (or z_r), rounded once to X's dtype; z (N, D) any float dtype and strides."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs = tl.arange(0, D_PAD)
+    mask = (rows < N)[:, None] & (offs[None, :] < D)
+    z = tl.load(Z + rows[:, None] * stride_z0 + offs[None, :] * stride_z1, mask=mask, other=0.0).to(tl.float32)
+    if NORMALIZE:
+        z = z / tl.maximum(tl.sqrt(tl.sum(z * z, axis=1)), 1e-12)[:, None]
+    tl.store(X + rows[:, None] * D + offs[None, :], _round_to(z, X.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "D"], prune_configs_by={"early_config_prune":
+                                                                                   _pruner("fwd")})
+@triton.jit
+def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N, n_rows, offset, keys_per_split,
+                               scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
+                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, SINGLE: tl.constexpr,
+                               DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows r of the queries [offset, offset + n_rows) against keys [split * keys_per_split, + keys_per_split).
+
+    SINGLE (one split): LOSS, LSE, WSUM (n_rows,) fp32. Else PART (3, splits, n_rows): this split's lse, P, W.
+    scale_log2 = log2(e) / tau, inv_tau = 1 / tau; N_BUCKET (a power of 2 >= N) only keys the autotuner.
+    """
+    split = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # local query rows
+    rows_ok = rows < n_rows
+    q = rows + offset  # global index of the queries
+    x_q = _load_rows(X, q, rows_ok, D, D_PAD)  # (BLOCK_M, D_PAD), loaded once
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 logits
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(logit - m_i)
+    pos_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum_a w_ia x_q . x_a
+    w_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum_a w_ia
+    lo = split * keys_per_split
+    hi = tl.minimum(lo + keys_per_split, N)
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cols_ok = cols < hi
+        x_k = _load_rows(X, cols, cols_ok, D, D_PAD)  # (BLOCK_N, D_PAD)
+        dots = _mma(x_q, tl.trans(x_k), None, DOT)  # (BLOCK_M, BLOCK_N) fp32 x_q . x_k
+        allowed = _allowed(VIEWS, q, rows_ok, cols, cols_ok, HAS_VIEWS)
+        logits = tl.where(allowed, dots * scale_log2, float("-inf"))
+        # masked through the logits, so that w lives in the dot's register layout (one copy of the tile)
+        w = _positive_weights(IDS, WEIGHTS, N, q, rows_ok, cols, cols_ok, NUM_KINDS)
+        w = tl.where(logits > float("-inf"), w, 0.0)
+        pos_i += tl.sum(w * dots, axis=1)
+        w_i += tl.sum(w, axis=1)
+        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing allowed yet: shift by 0, not -inf
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(logits - m_safe[:, None]), axis=1)
         m_i = m_new
     has_key = l_i > 0
     lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
-    tl.store(LSE + rows, lse, mask=row_ok)
-
-
-@triton.jit
-def _softmax_grad_tile(s, allowed, lse, g, scale_log2, AXIS: tl.constexpr):
-    """g * exp(s / tau - lse) where allowed, else 0; lse / g broadcast along AXIS (0: per column, 1: per row)."""
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)  # no allowed key: P = 0
-    if AXIS == 1:
-        p = tl.exp2(s * scale_log2 - lse2[:, None]) * g[:, None]
+    pos = pos_i * inv_tau  # sum_a w_ia s_ia
+    if SINGLE:
+        tl.store(LOSS + rows, _row_loss(lse, pos, w_i), mask=rows_ok)
+        tl.store(LSE + rows, lse, mask=rows_ok)
+        tl.store(WSUM + rows, w_i, mask=rows_ok)
     else:
-        p = tl.exp2(s * scale_log2 - lse2[None, :]) * g[None, :]
-    return tl.where(allowed, p, 0.0)
+        part = PART + split * n_rows + rows
+        stride = tl.num_programs(1) * n_rows
+        tl.store(part, lse, mask=rows_ok)
+        tl.store(part + stride, pos, mask=rows_ok)
+        tl.store(part + 2 * stride, w_i, mask=rows_ok)
 
 
 @triton.jit
-def _mp_contrastive_bwd_dq_kernel(X, VIEWS, LSE, G, DQ, N, D, n_rows, offset, stride_x, stride_dq, scale_log2,
-                                  inv_tau, HAS_VIEWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                  BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """DQ[r, chunk] = sum_a G[r] P_ra x_a[chunk] / tau; grid (query blocks, d chunks of BLOCK_DO)."""
-    pid, pid_d = tl.program_id(0), tl.program_id(1)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_rows
-    q_glob = rows + offset
-    lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-    g = tl.load(G + rows, mask=row_ok, other=0.0)
-    offs_o = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    o_ok = offs_o < D
-    acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        s = _dot_tile(X, q_glob, row_ok, cols, col_ok, D, stride_x, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION)
-        allowed = _allowed_tile(VIEWS, q_glob, row_ok, cols, col_ok, HAS_VIEWS)
-        ds = _softmax_grad_tile(s, allowed, lse, g, scale_log2, 1)
-        k = tl.load(X + cols[:, None] * stride_x + offs_o[None, :], mask=col_ok[:, None] & o_ok[None, :], other=0.0)
-        acc = _mma(ds.to(k.dtype), k, acc, DOT_PRECISION)
-    tl.store(DQ + rows[:, None] * stride_dq + offs_o[None, :], acc * inv_tau, mask=row_ok[:, None] & o_ok[None, :])
+def _mp_contrastive_merge_kernel(PART, LOSS, LSE, WSUM, n_rows, n_splits, BLOCK: tl.constexpr):
+    """Merge the forward's key splits: lse = log sum_s exp(lse_s), P = sum_s P_s, W = sum_s W_s; then the loss."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < n_rows
+    stride = n_splits * n_rows
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    for s in range(n_splits):
+        m = tl.maximum(m, tl.load(PART + s * n_rows + rows, mask=ok, other=float("-inf")))
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.zeros([BLOCK], dtype=tl.float32)
+    pos = tl.zeros([BLOCK], dtype=tl.float32)
+    w_sum = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(n_splits):  # a fixed order: deterministic
+        total += tl.exp(tl.load(PART + s * n_rows + rows, mask=ok, other=float("-inf")) - m_safe)
+        pos += tl.load(PART + stride + s * n_rows + rows, mask=ok, other=0.0)
+        w_sum += tl.load(PART + 2 * stride + s * n_rows + rows, mask=ok, other=0.0)
+    lse = tl.where(total > 0, m_safe + tl.log(tl.where(total > 0, total, 1.0)), float("-inf"))
+    tl.store(LOSS + rows, _row_loss(lse, pos, w_sum), mask=ok)
+    tl.store(LSE + rows, lse, mask=ok)
+    tl.store(WSUM + rows, w_sum, mask=ok)
 
 
+@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "D"], prune_configs_by={"early_config_prune":
+                                                                                   _pruner("bwd")})
 @triton.jit
-def _mp_contrastive_bwd_kernel(X, VIEWS, LSE, G, DK, N, D, n_rows, offset, stride_x, stride_dk, scale_log2,
-                               inv_tau, HAS_VIEWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """DK[a, chunk] = sum_r G[r] P_ra x_q(r)[chunk] / tau; grid (key blocks of BLOCK_N, d chunks of BLOCK_DO)."""
-    pid, pid_d = tl.program_id(0), tl.program_id(1)
-    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # key rows owned by this program
-    col_ok = cols < N
-    offs_o = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    o_ok = offs_o < D
-    acc = tl.zeros([BLOCK_N, BLOCK_DO], dtype=tl.float32)
-    for m0 in range(0, n_rows, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_rows
-        q_glob = rows + offset
-        lse = tl.load(LSE + rows, mask=row_ok, other=0.0)
-        g = tl.load(G + rows, mask=row_ok, other=0.0)
-        s_t = _dot_tile(X, cols, col_ok, q_glob, row_ok, D, stride_x, BLOCK_N, BLOCK_M, BLOCK_D, DOT_PRECISION)
-        allowed_t = tl.trans(_allowed_tile(VIEWS, q_glob, row_ok, cols, col_ok, HAS_VIEWS))
-        ds_t = _softmax_grad_tile(s_t, allowed_t, lse, g, scale_log2, 0)  # (BLOCK_N, BLOCK_M)
-        q = tl.load(X + q_glob[:, None] * stride_x + offs_o[None, :], mask=row_ok[:, None] & o_ok[None, :],
-                    other=0.0)
-        acc = _mma(ds_t.to(q.dtype), q, acc, DOT_PRECISION)
-    tl.store(DK + cols[:, None] * stride_dk + offs_o[None, :], acc * inv_tau, mask=col_ok[:, None] & o_ok[None, :])
+def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART, N, n_rows, offset, stride_z0,
+                               stride_z1, scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
+                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
+                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
+    """dz of rows [pid * BLOCK_M, + BLOCK_M) of all N rows from G = d loss / d loss_rows (n_rows,) fp32.
 
-
-def mp_contrastive_block_sizes(d: int, on_gpu: bool) -> dict[str, int]:
-    """Tile sizes for feature size ``d``: BLOCK_D is the d chunk of the similarity dot, BLOCK_DO the output chunk.
-
-    ``tl.dot`` needs every tile side >= 16. On a GPU, 64 x 64 tiles with d in chunks of up to 128 keep the fp32
-    accumulators in registers for d up to 1024; the interpreter (CPU tests) prefers few, larger tiles.
+    SINGLE: DZ (N, D) in z's dtype. Else PART (splits, N, D) fp32 gets this split's dx, reduced by
+    ``_mp_contrastive_bwd_reduce_kernel``.
     """
-    block_d = max(16, min(128, triton.next_power_of_2(d)))
-    block_do = max(16, min(128 if on_gpu else 256, triton.next_power_of_2(d)))
-    if on_gpu:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d, "BLOCK_DO": block_do, "num_warps": 4,
-                "num_stages": 2}
-    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": block_d, "BLOCK_DO": block_do}
+    split, n_splits = tl.program_id(1), tl.num_programs(1)
+    row0 = tl.program_id(0) * BLOCK_M
+    rows = row0 + tl.arange(0, BLOCK_M)
+    rows_ok = rows < N
+    x_a = _load_rows(X, rows, rows_ok, D, D_PAD)  # (BLOCK_M, D_PAD), loaded once
+    g_a, lse_a, c_a = _query_terms(LSE, WSUM, G, rows, rows_ok, offset, n_rows)
+    # a block without queries only has the second term, which needs query keys j: visit only those
+    has_queries = (row0 < offset + n_rows) & (row0 + BLOCK_M > offset)
+    lo = tl.where(has_queries, 0, offset)
+    hi = tl.where(has_queries, N, offset + n_rows)
+    chunk = tl.cdiv(tl.cdiv(hi - lo, n_splits), BLOCK_N) * BLOCK_N
+    lo = lo + split * chunk
+    hi = tl.minimum(lo + chunk, hi)
+    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)  # sum_j ds_aj x_j
+    for start in range(lo, hi, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        cols_ok = cols < hi
+        x_k = _load_rows(X, cols, cols_ok, D, D_PAD)  # (BLOCK_N, D_PAD)
+        logits = _mma(x_a, tl.trans(x_k), None, DOT) * scale_log2  # (BLOCK_M, BLOCK_N) s_aj in base 2
+        allowed = _allowed(VIEWS, rows, rows_ok, cols, cols_ok, HAS_VIEWS)
+        w = _positive_weights(IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, NUM_KINDS)
+        g_k, lse_k, c_k = _query_terms(LSE, WSUM, G, cols, cols_ok, offset, n_rows)
+        ds = (g_a[:, None] * tl.exp2(logits - lse_a[:, None]) + g_k[None, :] * tl.exp2(logits - lse_k[None, :])
+              - (c_a[:, None] + c_k[None, :]) * w)
+        ds = tl.where(allowed, ds, 0.0)
+        acc = _mma(_round_to(ds, x_k.dtype), x_k, acc, DOT)  # ds rounded to the row dtype, as FlashAttention rounds P
+    dx = acc * inv_tau
+    if SINGLE:
+        _store_input_grad(Z, DZ, rows, rows_ok, dx, stride_z0, stride_z1, D, D_PAD, NORMALIZE)
+    else:
+        offs = tl.arange(0, D_PAD)
+        tl.store(PART + (split * N + rows[:, None]) * D + offs[None, :], dx,
+                 mask=rows_ok[:, None] & (offs[None, :] < D))
+
+
+@triton.jit
+def _mp_contrastive_bwd_reduce_kernel(PART, Z, DZ, N, n_splits, stride_z0, stride_z1, D: tl.constexpr,
+                                      D_PAD: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dx = sum of the backward's key splits (a fixed order: deterministic), then the normalisation's backward."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = rows < N
+    offs = tl.arange(0, D_PAD)
+    mask = ok[:, None] & (offs[None, :] < D)
+    dx = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+    for s in range(n_splits):
+        dx += tl.load(PART + (s * N + rows[:, None]) * D + offs[None, :], mask=mask, other=0.0)
+    _store_input_grad(Z, DZ, rows, ok, dx, stride_z0, stride_z1, D, D_PAD, NORMALIZE)
+
+
+def rows_per_program(d_pad: int) -> int:
+    """Rows per program of the row-wise kernels (prologue, merge, reduce): about 16 KiB of fp32 per program."""
+    return max(1, min(128, 4096 // d_pad))

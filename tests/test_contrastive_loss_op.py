@@ -53,10 +53,11 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="ecgfast._C not bui
 
 
 def _count_kernel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the launches of the fused kernels' autograd Function (the triton and cpp backends go through it)."""
+    """Count the forward launches of the kernel backends (the custom op calls _triton_forward or _cpp_forward)."""
     calls: list[int] = []
-    fused = op.MultiPositiveContrastiveLSE.apply
-    monkeypatch.setattr(op.MultiPositiveContrastiveLSE, "apply", lambda *a: calls.append(1) or fused(*a))
+    for name in ("_triton_forward", "_cpp_forward"):
+        real = getattr(op, name)
+        monkeypatch.setattr(op, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     return calls
 
 
@@ -106,6 +107,109 @@ def test_forward_and_grads_match_the_reference(backend: str, n: int, d: int, dty
     assert gerr <= 2 * gerr_torch + GRAD_ATOL[dtype], (msg, gerr, gerr_torch)
     has_pos = positive_weight_sums(ids, weights, views) > 0
     assert torch.equal(got[~has_pos], torch.zeros_like(got[~has_pos]))  # rows without positives: exactly 0
+
+
+# The issue-12 grid of the Triton kernels (in the interpreter without a GPU): N = 3 (one partial tile), 65 (two row
+# blocks, split keys and the merge / reduce kernels), 4097 (the interpreter's 512-row tiles, nine key splits; fp32 and
+# bf16 at d = 16 only, about 30 s each on 2 cores); d = 16, 128, 256; strided z, ids and view ids. N = 2 is apart:
+# its only allowed key is its positive, so the loss is identically 0 and has no relative error to measure.
+GRID = [(n, d, dtype) for n in (3, 65) for d in (16, 128, 256) for dtype in DTYPES] + [
+    pytest.param(4097, 16, dtype, marks=pytest.mark.slow) for dtype in (torch.float32, torch.bfloat16)]
+# floor added to twice torch's own relative error in the same precision (relative: max-norm for the loss, Frobenius
+# for the gradient, both against the float64 reference); the kernels round the gradient once to z's dtype
+GRID_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2**-8, torch.float16: 2**-11}
+needs_triton = pytest.mark.skipif("triton" not in BACKENDS, reason="triton not available (no GPU, no interpreter)")
+
+
+def strided_case(n: int, d: int, dtype: torch.dtype, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """z (n, d) in dtype, and the loss arguments, every tensor a non-contiguous view: z every other column of a
+    (n, 2d) matrix, or the transpose of a (d, n) one; two kinds of ids and the view ids every other entry of wider
+    vectors. At N = 3 the ids and views are fixed so that a row has a positive and a negative."""
+    if (n + d) % 2:
+        z = torch.randn(n, 2 * d, generator=gen).to(dtype)[:, ::2]
+    else:
+        z = torch.randn(d, n, generator=gen).to(dtype).T
+    if n == 3:
+        wide_ids = torch.tensor([[0, 9, 0, 9, 1, 9], [0, 9, 0, 9, 0, 9]])  # row 1 pairs with 0 (both kinds), 2 (one)
+        wide_views = torch.tensor([0, 7, 1, 7, 0, 7])
+    else:
+        ecg = torch.randint(0, max(1, n // 3), (2 * n,), generator=gen)
+        wide_ids = torch.stack([ecg, ecg // 2])
+        wide_views = torch.randint(0, 2, (2 * n,), generator=gen)
+    kw = {"group_ids": wide_ids[:, ::2], "temperature": TAU, "weights": (1.0, 0.5),
+          "view_ids": wide_views[::2] if d != 128 else None}
+    return z, kw
+
+
+@needs_triton
+@pytest.mark.parametrize(("n", "d", "dtype"), GRID, ids=str)
+def test_triton_grid_relative_errors_against_float64(n: int, d: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(1000 * n + d)
+    z, kw = strided_case(n, d, dtype, gen)
+    assert not z.is_contiguous() and not kw["group_ids"].is_contiguous()
+    up = torch.rand(n, generator=gen) + 0.5  # a non-uniform upstream gradient
+    truth, truth_grad = _loss_and_grad(reference, z.double(), up, **kw)
+    assert truth_grad.norm() > 1e-3 * math.sqrt(n * d)  # a grid point with a real gradient to measure
+    low, low_grad = _loss_and_grad(lambda x, **k: reference(x, upcast=dtype == torch.float32, **k), z, up, **kw)
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, up, backend="triton", **kw)
+
+    def rel(a: torch.Tensor, b: torch.Tensor, norm: float | str) -> float:
+        return ((a - b).norm(p=norm) / b.norm(p=norm)).item()
+
+    for what, value, own, exact, norm in (("loss", got, low, truth, math.inf), ("grad", grad, low_grad, truth_grad, 2)):
+        err, err_torch = rel(value, exact, norm), rel(own, exact, norm)
+        assert err <= 2 * err_torch + GRID_RTOL[dtype], (what, err, err_torch)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", (16, 128, 256))
+def test_triton_two_rows_give_an_identically_zero_loss(d: int, dtype: torch.dtype) -> None:
+    """N = 2 with one pair: each row's only allowed key is its positive, so loss = lse - s = 0 whatever z is."""
+    gen = torch.Generator().manual_seed(d)
+    z, _ = strided_case(2, d, dtype, gen)
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, torch.ones(2), group_ids=torch.zeros(4)[::2].long(),
+                               backend="triton")
+    assert got.abs().max() <= 1e-5 and grad.abs().max() <= GRAD_ATOL[dtype]
+
+
+# (z's dtype, precision argument, the dtype the rows are rounded to or None, unit roundoff u of the rows)
+PRECISION_CASES = [(torch.float32, "bf16", torch.bfloat16, 2**-8), (torch.bfloat16, None, torch.bfloat16, 2**-8),
+                   (torch.float16, None, torch.float16, 2**-11), (torch.float32, "fp16", torch.float16, 2**-11),
+                   (torch.float32, None, None, 0.0)]
+
+
+@pytest.mark.parametrize(("z_dtype", "precision", "rows_dtype", "u"), PRECISION_CASES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_precision_contract(backend: str, z_dtype: torch.dtype, precision: str | None, rows_dtype: torch.dtype | None,
+                            u: float) -> None:
+    """The functional's precision contract: rows normalised in float32 and rounded once to nearest; the loss float32
+    and equal to the loss of the rounded rows; |loss_i - exact loss_i| <= 2 (2 u + u^2) / tau; the gradient in z's
+    dtype, within a relative 2 u of the float64 gradient of the rounded rows' loss passed straight through."""
+    gen = torch.Generator().manual_seed(31)
+    n, d = 65, 128
+    z = torch.randn(n, d, generator=gen).to(z_dtype).requires_grad_()
+    ids = make_ids("two", n, gen)
+    kw = {"group_ids": ids, "temperature": TAU, "weights": (1.0, 0.5), "view_ids": torch.randint(0, 2, (n,),
+                                                                                                 generator=gen)}
+    up = torch.rand(n, generator=gen) + 0.5
+    got = multi_positive_contrastive_loss(z, reduction="none", backend=backend, precision=precision, **kw)
+    (grad,) = torch.autograd.grad(got, z, up)
+    assert got.dtype == torch.float32 and grad.dtype == z_dtype
+
+    z64 = z.detach().double().requires_grad_()
+    x = torch.nn.functional.normalize(z64, dim=1)
+    rounded = torch.nn.functional.normalize(z.detach().float(), dim=1)  # normalised in float32, then rounded once
+    rounded = (rounded if rows_dtype is None else rounded.to(rows_dtype)).double()
+    through = x + (rounded - x).detach()  # the rounded rows, the gradient passed straight through the rounding
+    of_rounded = reference(through, reduction="none", normalize=False, **kw)
+    (grad_of_rounded,) = torch.autograd.grad(of_rounded, z64, up.double())
+    exact = reference(z64.detach(), reduction="none", **kw)
+
+    assert (got.double() - of_rounded).abs().max() <= 1e-5  # the rounded rows' loss up to float32 summation
+    assert (got.double() - exact).abs().max() <= 2 * (2 * u + u * u) / TAU + 1e-5
+    rel = ((grad.double() - grad_of_rounded).norm() / grad_of_rounded.norm()).item()
+    assert rel <= 2 * u + 1e-5, rel
 
 
 @pytest.mark.parametrize("case", ID_CASES)
@@ -218,8 +322,8 @@ def test_gradcheck_float64(backend: str) -> None:
 def test_float64_never_runs_triton(monkeypatch: pytest.MonkeyPatch) -> None:
     """float64 asked of Triton runs on cpp (else torch): a float64 loss, the float64 reference's value."""
     launched = []
-    real = op._triton_lse_fwd
-    monkeypatch.setattr(op, "_triton_lse_fwd", lambda *a: launched.append(1) or real(*a))
+    real = op._triton_forward
+    monkeypatch.setattr(op, "_triton_forward", lambda *a, **k: launched.append(1) or real(*a, **k))
     gen = torch.Generator().manual_seed(8)
     z = torch.randn(9, 4, generator=gen, dtype=torch.float64)
     ids = torch.arange(9) % 4
@@ -280,18 +384,21 @@ def test_anchor_rows_slice_matches_the_reference_block(backend: str) -> None:
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-def test_torch_compile_fullgraph_traces_the_op(backend: str) -> None:
-    """The kernel backends trace without a graph break (custom ops). The torch backend is the reference, whose
-    data-dependent checks do not trace with fullgraph=True; it is the fallback, and training compiles the model,
-    not the loss."""
+@pytest.mark.parametrize("reduction", ("mean", "none"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph_traces_the_op(backend: str, reduction: str) -> None:
+    """Every backend traces without a graph break: one custom op forward and one backward, whatever the backend
+    (the torch backend's reference runs inside the op). A host synchronisation (``.item()``, ``bool(tensor)``) in
+    the op would break the graph, so this is also the check that the op has none."""
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(40, 16, generator=gen, requires_grad=True)
     ids = make_ids("two", 40, gen)
     views = torch.randint(0, 2, (40,), generator=gen)
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        return multi_positive_contrastive_loss(torch.tanh(x), ids, TAU, (1.0, 0.5), views, backend=backend) * 2.0
+        out = multi_positive_contrastive_loss(torch.tanh(x), ids, TAU, (1.0, 0.5), views, reduction=reduction,
+                                              backend=backend)
+        return out.sum() * 2.0
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     got = compiled(z)
@@ -300,6 +407,53 @@ def test_torch_compile_fullgraph_traces_the_op(backend: str) -> None:
     (g_ref,) = torch.autograd.grad(expected, z)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(g, g_ref)
+
+
+# One forward + backward of the Triton path at N = 2048, d = 128, two id kinds and view ids (issue 12 found ~138 torch
+# ops and ~100 launches there, and a host synchronisation): the Triton launches, exactly, and every aten op the
+# profiler records (nested ones included: aten::to -> _to_copy -> copy_), bounded.
+TRITON_LAUNCHES = {"_mp_contrastive_normalize_kernel": 2, "_mp_contrastive_fwd_kernel": 1,
+                   "_mp_contrastive_merge_kernel": 1, "_mp_contrastive_bwd_kernel": 1,
+                   "_mp_contrastive_bwd_reduce_kernel": 1}  # 32 row blocks of 64 < 132 SMs: the keys are split
+MAX_ATEN_OPS = {"mean": 76, "none": 42}  # measured 71 and 37 (torch 2.13, CPU), the test's own ops included
+HOST_SYNCS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero")
+
+
+@needs_triton
+@pytest.mark.parametrize("reduction", ("mean", "none"))
+def test_one_forward_backward_is_six_launches_and_a_bounded_number_of_torch_ops(
+        reduction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels are replaced by stubs that count their launches (so that the interpreter's own torch calls are not
+    counted and the test takes a second); torch.profiler counts the aten ops of the host code around them. No host
+    synchronisation, but the CPU-only "no row has a positive" check of reduction="mean" (skipped on a GPU and under
+    torch.compile)."""
+    from ecgfast.kernels import contrastive_loss as kernels
+
+    launches: dict[str, int] = {}
+
+    class Stub:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.__setitem__(self.name, launches.get(self.name, 0) + 1)
+
+    for name in TRITON_LAUNCHES:
+        monkeypatch.setattr(kernels, name, Stub(name))
+    n, d = 2048, 128
+    z = torch.randn(n, d, requires_grad=True)
+    ecg = torch.arange(n) // 2
+    ids, views = torch.stack([ecg, ecg // 4]), torch.arange(n) % 2
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        loss = multi_positive_contrastive_loss(z, ids, TAU, (1.0, 0.5), views, reduction=reduction, backend="triton",
+                                               precision="bf16")
+        (loss.sum() if reduction == "none" else loss).backward()
+    aten = [e.name for e in prof.events() if e.name.startswith("aten::")]
+    assert launches == TRITON_LAUNCHES
+    print(f"{reduction}: {len(aten)} aten ops, launches {launches}")
+    assert len(aten) <= MAX_ATEN_OPS[reduction], sorted(aten)
+    syncs = [name for name in aten if name in HOST_SYNCS]
+    assert len(syncs) == (3 if reduction == "mean" else 0), syncs  # bool(has_pos.any()): is_nonzero -> item -> ...
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -463,52 +617,92 @@ def test_blockwise_cpu_peak_memory_is_20x_below_naive_at_16k() -> None:
 # Ahead-of-time compile of the Triton kernels for an H100, without a GPU
 
 _TRITON_AOT = textwrap.dedent("""
+    import os, re, subprocess, sys, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from ecgfast.kernels.contrastive_loss import (_mp_contrastive_bwd_dq_kernel, _mp_contrastive_bwd_kernel,
-                                                  _mp_contrastive_fwd_kernel, mp_contrastive_block_sizes)
+    from ecgfast.kernels import contrastive_loss as k
 
-    # the launcher's argument types (ecgfast.ops.contrastive_loss): ints are i32, floats fp32, lse / g / out fp32,
-    # VIEWS the int64 view ids, or x itself as a dummy pointer when HAS_VIEWS is False
-    FWD = ("X", "VIEWS", "*fp32", "i32", "i32", "i32", "i32", "i32", "fp32")
-    BWD = ("X", "VIEWS", "*fp32", "*fp32", "*fp32", "i32", "i32", "i32", "i32", "i32", "i32", "fp32", "fp32")
-    # DOT_PRECISION as _dot_precision picks it on CUDA: tf32 only for fp32 with allow_tf32
-    for dtype, precision in [("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee"), ("fp16", "ieee")]:
-        for d, has_views in [(64, False), (1024, True)]:  # BLOCK_D = BLOCK_DO = 64, and 128 (d in 8 chunks)
-            cfg = mp_contrastive_block_sizes(d, on_gpu=True)
-            ptr = {"X": f"*{dtype}", "VIEWS": "*i64" if has_views else f"*{dtype}"}
-            for kernel, types in [(_mp_contrastive_fwd_kernel, FWD), (_mp_contrastive_bwd_kernel, BWD),
-                                  (_mp_contrastive_bwd_dq_kernel, BWD)]:
-                names = list(kernel.arg_names)
-                consts = {k: v for k, v in {**cfg, "HAS_VIEWS": has_views, "DOT_PRECISION": precision}.items()
-                          if k in names}
-                assert len(types) + len(consts) == len(names), names
-                signature = dict(zip(names, [ptr.get(t, t) for t in types] + ["constexpr"] * len(consts)))
-                source = ASTSource(fn=kernel, signature=signature,
-                                   constexprs={(names.index(k),): v for k, v in consts.items()})
-                compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
-                ptx = compiled.asm["ptx"]
-                assert len(compiled.asm["cubin"]) > 0 and "st.global" in ptx
-                if (dtype, precision) != ("fp32", "ieee"):  # tensor cores for bf16 / fp16 / tf32 products
-                    assert "mma" in ptx, (kernel.fn.__name__, dtype, d)
-                print(kernel.fn.__name__, dtype, precision, d, has_views, "ok")
+    CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    ALIGNED = [["tt.divisibility", 16]]  # torch's allocations are 16-byte aligned, as the launch specialises them
+
+    def compile_kernel(fn, types, consts, num_warps, num_stages):
+        \"\"\"(ptx, registers, spilled bytes) of fn for sm_90 with the launch's types, constexprs and alignment.\"\"\"
+        names, types = list(fn.arg_names), iter(types)
+        signature, attrs = {}, {}
+        for i, name in enumerate(names):
+            signature[name] = "constexpr" if name in consts else next(types)
+            if signature[name].startswith("*"):
+                attrs[(i,)] = ALIGNED
+        assert next(types, None) is None, fn.__name__
+        source = ASTSource(fn=fn, signature=signature, attrs=attrs,
+                           constexprs={(names.index(n),): v for n, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "kernel.cubin")
+            open(path, "wb").write(compiled.asm["cubin"])
+            usage = subprocess.run([CUOBJDUMP, "-res-usage", path], capture_output=True, text=True).stdout
+        regs = int(re.search(r"REG:(\\d+)", usage).group(1))
+        spilled = sum(int(re.search(key + r":(\\d+)", usage).group(1)) for key in ("STACK", "LOCAL"))
+        return compiled.asm["ptx"], regs, spilled
+
+    # the launcher's argument types (ecgfast.ops.contrastive_loss): ints i32, floats fp32, statistics fp32, ids
+    # and view ids int64; z fp32 (training's embeddings) with bf16 rows; stride_z1 = 1 specialised as the launch does
+    FWD = ["X", "*i64", "*fp32", "*i64"] + ["*fp32"] * 4 + ["i32"] * 4 + ["fp32", "fp32", "i32"]
+    BWD = ["X", "*fp32", "*i64", "*fp32", "*i64"] + ["*fp32"] * 5 + ["i32"] * 4 + ["fp32", "fp32", "i32"]
+    CASES = [("bf16", "ieee", 128, "all"), ("bf16", "ieee", 256, "first"), ("fp16", "ieee", 128, "first"),
+             ("fp32", "tf32", 128, "first"), ("bf16", "ieee", 1024, "first")]
+    for dtype, dot, d, which_configs in CASES:
+        d_pad = max(16, triton.next_power_of_2(d))
+        elem = 4 if dtype == "fp32" else 2
+        for which, kernel, types in (("fwd", k._mp_contrastive_fwd_kernel.fn, FWD),
+                                     ("bwd", k._mp_contrastive_bwd_kernel.fn, BWD)):
+            configs = k.launch_configs(which, d_pad, elem, 8192)
+            for config in configs if which_configs == "all" else configs[:1]:
+                consts = {"D": d, "D_PAD": d_pad, "NUM_KINDS": 2, "HAS_VIEWS": True, "SINGLE": True, "DOT": dot,
+                          **config.kwargs}
+                if which == "bwd":
+                    consts.update(NORMALIZE=True, stride_z1=1)
+                fits = k.tile_fits(which, config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps,
+                                   config.num_stages, d_pad, elem)
+                ptx, regs, spilled = compile_kernel(kernel, [f"*{dtype}" if t == "X" else t for t in types], consts,
+                                                    config.num_warps, config.num_stages)
+                assert "st.global" in ptx and "mma" in ptx, (which, dtype, d, config)  # tensor cores
+                if config.kwargs["BLOCK_M"] >= 64 and dtype != "fp32":
+                    assert "wgmma" in ptx, (which, dtype, d, config)  # Hopper's warpgroup MMA
+                if dtype == "bf16" and fits:
+                    assert spilled == 0, (which, dtype, d, config, regs, spilled)
+                print(which, dtype, dot, d, config.kwargs, config.num_warps, config.num_stages, "fits" if fits else
+                      "over budget", "regs", regs, "spilled", spilled, "ok")
+    for name, kernel, types, consts in (  # the row-wise kernels, once each
+            ("normalize", k._mp_contrastive_normalize_kernel, ["*fp32", "*bf16", "i32", "i32"],
+             {"stride_z1": 1, "D": 128, "D_PAD": 128, "NORMALIZE": True, "BLOCK_M": 32}),
+            ("merge", k._mp_contrastive_merge_kernel, ["*fp32"] * 4 + ["i32", "i32"], {"BLOCK": 128}),
+            ("reduce", k._mp_contrastive_bwd_reduce_kernel, ["*fp32", "*fp32", "*fp32", "i32", "i32", "i32"],
+             {"stride_z1": 1, "D": 128, "D_PAD": 128, "NORMALIZE": True, "BLOCK_M": 32})):
+        ptx, regs, spilled = compile_kernel(kernel, types, consts, 4, 1)
+        assert spilled == 0, (name, regs, spilled)
+        print(name, "regs", regs, "ok")
 """)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernels themselves")
 def test_triton_loss_kernels_compile_for_sm90_without_a_gpu(tmp_path) -> None:
-    """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90) of the forward and both backward kernels,
-    with the launcher's signatures, tile sizes, num_warps and num_stages: fp32 (ieee and tf32 products), bf16 and
-    fp16, d = 64 (no views) and d = 1024 (view ids, d in chunks). Catches what the interpreter accepts but the GPU
-    compiler rejects, on CPU-only CI. A subprocess, because the interpreter (TRITON_INTERPRET=1) cannot compile;
-    a fresh Triton cache, so every kernel really is compiled."""
+    """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90) of the loss kernels with the launcher's
+    argument types, 16-byte alignment, constexprs, num_warps and num_stages: every forward and backward config the
+    autotuner may pick for bf16 rows at d = 128 (tensor cores: wgmma for blocks of >= 64 rows, mma below;
+    zero spilled bytes, from cuobjdump's resource usage, for every config within the register budget), the first
+    config for bf16 at d = 256 and 1024 and for fp16 and tf32 at d = 128, and the row-wise kernels. Catches what the
+    interpreter accepts but the GPU compiler rejects, on CPU-only CI. A subprocess, because the interpreter
+    (TRITON_INTERPRET=1) cannot compile; a fresh Triton cache, so every kernel really is compiled."""
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton_cache")
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     result = subprocess.run([sys.executable, "-c", _TRITON_AOT], capture_output=True, text=True, env=env, timeout=300)
     if "no NVIDIA backend" in result.stderr or "KeyError: 'cuda'" in result.stderr:
         pytest.skip("this triton has no NVIDIA backend")
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.count(" ok") == 24
+    print(result.stdout)
+    assert result.stdout.count(" ok") >= 17 and "over budget" not in result.stdout.split("bf16 ieee 1024")[0]

@@ -86,6 +86,23 @@ def test_memory_modes_give_the_plain_runs_losses_and_are_logged(tmp_path, caplog
     assert "--memory chunked in chunks of 3 ECGs" in log  # the last run's plan (8 ECGs: chunks of 3, 3, 2)
 
 
+@pytest.mark.parametrize("bf16,asked,expected", [(True, None, "bf16"), (False, None, None), (True, "fp32", "fp32")])
+def test_bf16_training_feeds_the_loss_bf16_products(tmp_path, monkeypatch, bf16, asked, expected):
+    """The loss's tensor-core path by design: a bf16 run asks the loss for bf16 products unless told otherwise."""
+    seen = []
+    real = loop.MultiPositiveContrastiveLoss
+
+    def spy(*args, config=None, **kwargs):
+        seen.append(config.precision)
+        return real(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(loop, "MultiPositiveContrastiveLoss", spy)
+    cfg = load_config(overrides={**TINY, "out": str(tmp_path / "run"), "max_steps": 1, "bf16": bf16,
+                                 "precision": asked})
+    assert np.isfinite(loop.pretrain(cfg)["losses"]).all()
+    assert seen == [expected]
+
+
 def _cli(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "ecgfast.pretrain", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -83,6 +83,10 @@ class VCGAugmentConfig:
         return replace(self, **overrides) if overrides else self
 
 
+#: Precisions of the loss's similarity products (ecgfast.ops.multi_positive_contrastive_loss's precision contract).
+LOSS_PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "tf32", "fp32")
+
+
 @dataclass(frozen=True)
 class ContrastiveLossConfig:
     """Hyperparameters of the multi-positive contrastive loss: the module, the training config and the tests use
@@ -98,6 +102,7 @@ class ContrastiveLossConfig:
     normalize: bool = True  # L2-normalise the embeddings first (False when the model already did)
     reduction: str = "mean"  # "mean" over rows with positives, "sum", or "none" (per row)
     gather: bool = True  # under torch.distributed: score local rows against every rank's rows
+    precision: str | None = None  # similarity products: bf16 (tensor cores), fp16, tf32, fp32; unset: z's own
 
     def __post_init__(self) -> None:
         t = self.temperature
@@ -108,6 +113,8 @@ class ContrastiveLossConfig:
         for name in ("normalize", "gather"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.precision is not None and self.precision not in LOSS_PRECISIONS:
+            raise ValueError(f"precision must be one of {LOSS_PRECISIONS} or unset, got {self.precision!r}")
         if self.weights is not None:
             object.__setattr__(self, "weights", _weight_tuple(self.weights))
 
@@ -125,4 +132,4 @@ class ContrastiveLossConfig:
         return self.weights
 
 
-__all__ = ["ContrastiveLossConfig", "REDUCTIONS", "TRANSFORMS", "VCGAugmentConfig"]
+__all__ = ["ContrastiveLossConfig", "LOSS_PRECISIONS", "REDUCTIONS", "TRANSFORMS", "VCGAugmentConfig"]

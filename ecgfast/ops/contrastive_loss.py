@@ -1,45 +1,40 @@
 """Fused multi-positive contrastive (SupCon) loss: forward and backward without the N x N matrix, DDP included.
 
 The loss is the one of :mod:`ecgfast.reference.contrastive_loss` (exact definition there: additive per-kind
-weights, ``view_ids``, rows without positives). With ``x`` the L2-normalised embeddings (normalised here unless
-``normalize=False``; the normalisation's backward is plain torch autograd) and the anchors (queries) a slice
-``[start, stop)`` of the N rows (all of them, or a rank's local rows in the gathered batch under DDP)::
+weights, ``view_ids``, rows without positives). With ``x`` the L2-normalised embeddings and the anchors (queries) a
+slice ``[start, stop)`` of the N rows (all of them, or a rank's local rows in the gathered batch under DDP)::
 
-    loss_i = lse_i - sum_j w_ij s_ij / W_i,    lse_i = log sum_{a allowed(i, a)} exp(x_i . x_a / tau)
+    loss_i = lse_i - sum_j w_ij s_ij / W_i,    lse_i = log sum_{a allowed(i, a)} exp(s_ia),    s_ia = x_i . x_a / tau
 
 Layers (Liger style): the Triton kernels (``ecgfast.kernels.contrastive_loss``) and the blockwise C++ CPU op
-(csrc/contrastive_loss.cpp) -> the host launcher, the ``torch.library`` custom ops
-``ecgfast::multi_positive_contrastive_lse`` (+ ``_backward``) and their ``autograd.Function`` -> the one functional
-:func:`multi_positive_contrastive_loss` (with the DDP gather as an option) -> the module
-:class:`ecgfast.nn.MultiPositiveContrastiveLoss`. Hyperparameters: :class:`ContrastiveLossConfig`.
+(csrc/contrastive_loss.cpp) -> the host launchers and one ``torch.library`` custom op over every backend,
+``ecgfast::multi_positive_contrastive_rows`` (per-row losses) with its backward op and ``register_autograd``, so
+``torch.compile(fullgraph=True)`` traces it -> the one functional :func:`multi_positive_contrastive_loss` (with the
+DDP gather as an option) -> the module :class:`ecgfast.nn.MultiPositiveContrastiveLoss`. Hyperparameters:
+:class:`ContrastiveLossConfig`. Backends (:mod:`ecgfast.ops.backends`, ``backend=`` or ``$ECGFAST_LOSS_BACKEND``):
 
-Design:
+- ``triton`` (CUDA, or the interpreter with ``TRITON_INTERPRET=1``): the whole op in 2 to 3 launches forward
+  (normalisation prologue, the loss kernel, a merge when the keys are split) and 2 to 3 backward (prologue, the
+  symmetric gradient kernel with the normalisation's backward in its epilogue, a reduction when split): the
+  positive term (``w_ij`` from the ids, tile by tile) and the bookkeeping are inside the kernels. FLOPs 6 N^2 d
+  forward + backward; no atomics, deterministic; no host synchronisation.
+- ``cpp`` (CPU, where ``ecgfast._C`` is built): the C++ log-sum-exp kernels (forward, and the two-pass
+  backward), the positive term and its gradient from group sums (O(N d), plain torch), the normalisation's
+  backward by its formula (a custom op's implementation runs below autograd).
+- ``torch``: the forward is the reference itself (materialises N x N), run inside the custom op; the backward
+  is its gradient by the formula, from the N x N matrices again. Also the path of N < 2 rows on every backend
+  (the reference's loss 0). float64 input never goes to Triton (cpp on CPU, else torch).
 
-- Positive term, O(N d), plain torch (so autograd and torch.compile handle it): with dense group labels ``g_k``
-  (from a sort, static shapes) and per-group sums ``G_k = sum_{j in group} x_j`` (``index_add``),
-  ``sum_j w_ij s_ij = x_i . sum_k lambda_k (G_k[g_k(i)] - x_i) / tau`` and ``W_i = sum_k lambda_k (c_k(i) - 1)``;
-  with view ids the own (group, view) cell's sum and size replace ``x_i`` and 1.
-- Denominator, O(N^2 d) time and O(N d) memory: the custom op computes ``lse`` (n,) with an online max-shifted
-  log-sum-exp over key tiles (FlashAttention's forward), and its backward op recomputes the tiles from the saved
-  ``lse``: a query pass (``dq = sum_a g_i P_ia x_a / tau``) and a key pass that iterates over query tiles
-  (``dk = sum_i g_i P_ia x_i / tau``), fp32 accumulation, no atomics. Recomputation (instead of Liger's
-  gradient-in-forward) keeps ``reduction="none"`` and any upstream gradient.
-- Backends (:mod:`ecgfast.ops.backends`): ``triton`` (CUDA, or the interpreter with ``TRITON_INTERPRET=1``),
-  ``cpp`` (blockwise CPU with at::parallel_for), ``torch`` (the reference itself, which materialises N x N).
-  Choose with ``backend`` or ``$ECGFAST_LOSS_BACKEND``. float64 input never goes to Triton (cpp on CPU, else torch).
-- Precision: statistics, lse and gradients in float32 (float64 for float64 input). On Triton, bf16/fp16 inputs
-  are normalised in float32 and rounded back to the input dtype for the tile products (tensor cores, fp32
-  accumulation); float32 inputs use tf32 products only when ``torch.backends.cuda.matmul.allow_tf32`` is set.
-- Masking: disallowed pairs are ``-inf`` through ``where`` (never -1e9); a row with no allowed key has
-  ``lse = -inf`` and no positive, and the final ``where`` gives it loss 0 and gradient 0 (reference convention).
-- Distributed (``gather=True`` under ``torch.distributed`` with world size > 1): each rank scores its local rows
-  against the rows of every rank, gathered with ``torch.distributed.nn.functional.all_gather`` (whose backward
-  sums every rank's gradient back to the owner), ids with a plain ``all_gather``. Every rank must call the loss
-  at the same step (it runs collectives).
+Masking: disallowed pairs are ``-inf`` through ``where`` (never -1e9); a row with no allowed key has ``lse = -inf``
+and no positive, and gets loss 0 and gradient 0 (reference convention). Distributed (``gather=True`` under
+``torch.distributed`` with world size > 1): each rank scores its local rows against the rows of every rank,
+gathered with ``torch.distributed.nn.functional.all_gather`` (whose backward sums every rank's gradient back to
+the owner), ids with a plain ``all_gather``. Every rank must call the loss at the same step (collectives).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -51,171 +46,305 @@ from ..reference.contrastive_loss import (
     as_group_id_matrix,
     as_view_ids,
     multi_positive_contrastive_loss_reference,
+    positive_weight_matrix,
     positive_weight_sums,
 )
 from .backends import available_backends, resolve_backend
-from .configs import ContrastiveLossConfig
+from .configs import LOSS_PRECISIONS, ContrastiveLossConfig
 
 OP = "contrastive_loss"
 MAX_DIM = 1024  # largest feature size the kernels are tuned and tested for
+PRECISIONS: tuple[str, ...] = LOSS_PRECISIONS  # of the similarity products (functional docstring)
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_DEFAULT_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # of z's dtype; "fp32" (no rounding) else
+_SM_COUNT_WITHOUT_GPU = 132  # an H100's: the interpreter takes the split decisions the GPU would take
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Host launcher of the Triton kernels
 
 
-def _dot_precision(x: torch.Tensor) -> str:
-    if not x.is_cuda and x.dtype == torch.bfloat16:
-        return "upcast"  # Triton interpreter: its tl.dot mishandles bf16 (kernels/contrastive_loss.py, _mma)
-    if x.dtype == torch.float32 and x.is_cuda and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _SM_COUNT_WITHOUT_GPU
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _triton_lse_fwd(x: torch.Tensor, view_ids: torch.Tensor | None, offset: int, n_rows: int,
-                    temperature: float) -> torch.Tensor:
-    """lse (n_rows,) fp32 of the query rows [offset, offset + n_rows) of x (N, d) against all N rows."""
+@functools.lru_cache(maxsize=64)
+def _weight_tensor(weights: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The per-kind weights (K,) fp32 on ``device``, made once per distinct tuple: a host-to-device copy on every
+    call would synchronise the host with the stream."""
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _triton_setup(z: torch.Tensor, normalize: bool, precision: str) -> tuple[torch.Tensor, dict]:
+    """x (N, d) contiguous in the product dtype (the prologue kernel, unless z already is x), and the constexprs
+    every kernel shares."""
     import triton
 
-    from ecgfast.kernels.contrastive_loss import LOG2E, _mp_contrastive_fwd_kernel, mp_contrastive_block_sizes
+    from ecgfast.kernels import contrastive_loss as k
 
-    n, d = x.shape
-    x = x.contiguous()
-    cfg = mp_contrastive_block_sizes(d, x.is_cuda)
-    lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    # the kernels index the view ids by row (pointer + i): a strided view (e.g. ids[::2]) must be made contiguous
-    views = view_ids.contiguous() if view_ids is not None else x  # x: a dummy pointer when HAS_VIEWS is False
-    grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
-    _mp_contrastive_fwd_kernel[grid](
-        x, views, lse, n, d, n_rows, offset, x.stride(0), LOG2E / temperature, HAS_VIEWS=view_ids is not None,
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"], DOT_PRECISION=_dot_precision(x),
-        **{k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")})
-    return lse
+    n, d = z.shape
+    if n * d >= 2**31:
+        raise ValueError(f"the Triton kernels index with 32-bit offsets: N * d must be < 2**31, got {n} x {d}")
+    d_pad = max(16, triton.next_power_of_2(d))
+    dtype = _HALF.get(precision, torch.float32)
+    if not normalize and z.dtype == dtype and z.is_contiguous():
+        x = z
+    else:
+        x = torch.empty(n, d, dtype=dtype, device=z.device)
+        block = k.rows_per_program(d_pad)
+        k._mp_contrastive_normalize_kernel[(triton.cdiv(n, block),)](
+            z, x, n, z.stride(0), z.stride(1), D=d, D_PAD=d_pad, NORMALIZE=normalize, BLOCK_M=block)
+    if k.INTERPRET and x.dtype != torch.float32:
+        dot = "upcast"  # the interpreter's tl.dot mishandles 16-bit floats (kernels/contrastive_loss.py, _mma)
+    else:
+        dot = "tf32" if precision == "tf32" else "ieee"
+    return x, {"D": d, "D_PAD": d_pad, "DOT": dot}
 
 
-def _triton_lse_bwd(grad_lse: torch.Tensor, x: torch.Tensor, view_ids: torch.Tensor | None, lse: torch.Tensor,
-                    offset: int, n_rows: int, temperature: float) -> torch.Tensor:
-    """d(sum_r grad_lse_r lse_r)/dx: (N, d) fp32, key-side pass then query-side pass."""
+def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
+                    offset: int, n_rows: int, temperature: float, normalize: bool, precision: str, *,
+                    splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, W, lse), each (n_rows,) fp32, of the queries [offset, offset + n_rows) of z (N, d) against all N
+    rows. ``splits`` overrides the number of key splits (tests); by default it follows the SM count."""
     import triton
 
-    from ecgfast.kernels.contrastive_loss import (
-        LOG2E,
-        _mp_contrastive_bwd_dq_kernel,
-        _mp_contrastive_bwd_kernel,
-        mp_contrastive_block_sizes,
-    )
+    from ecgfast.kernels import contrastive_loss as k
 
+    x, const = _triton_setup(z, normalize, precision)
+    n = x.shape[0]
+    configs = k.launch_configs("fwd", const["D_PAD"], x.element_size(), n)
+    n_splits, per_split = k.key_splits(n_rows, n, configs, _sm_count(x.device))
+    if splits is not None:
+        per_split = triton.cdiv(n, splits)
+        n_splits = triton.cdiv(n, per_split)
+    loss, w_sum, lse = (torch.empty(n_rows, dtype=torch.float32, device=x.device) for _ in range(3))
+    part = torch.empty(3, n_splits, n_rows, dtype=torch.float32, device=x.device) if n_splits > 1 else lse
+    # the kernels read ids and view ids by element (pointer + i): strided ones (e.g. ids[::2]) are made contiguous
+    views_ptr = views.contiguous() if views is not None else x  # x: a dummy pointer when HAS_VIEWS is False
+    k._mp_contrastive_fwd_kernel[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_splits)](
+        x, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, loss, lse, w_sum, part, n, n_rows,
+        offset, per_split, k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n),
+        NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, SINGLE=n_splits == 1, **const)
+    if n_splits > 1:
+        block = 128
+        k._mp_contrastive_merge_kernel[(triton.cdiv(n_rows, block),)](part, loss, lse, w_sum, n_rows, n_splits,
+                                                                      BLOCK=block)
+    return loss, w_sum, lse
+
+
+def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float],
+                     views: torch.Tensor | None, lse: torch.Tensor, w_sum: torch.Tensor, offset: int, n_rows: int,
+                     temperature: float, normalize: bool, precision: str, *,
+                     splits: int | None = None) -> torch.Tensor:
+    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype, one symmetric pass (+ a reduction when the keys are split)."""
+    import triton
+
+    from ecgfast.kernels import contrastive_loss as k
+
+    x, const = _triton_setup(z, normalize, precision)
     n, d = x.shape
-    x = x.contiguous()
-    g = grad_lse.to(torch.float32).contiguous()
-    cfg = mp_contrastive_block_sizes(d, x.is_cuda)
-    launch = {k: v for k, v in cfg.items() if k in ("num_warps", "num_stages")}
-    blocks = {k: cfg[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "BLOCK_DO")}
-    views = view_ids.contiguous() if view_ids is not None else x  # indexed by row, as in the forward
-    common = dict(HAS_VIEWS=view_ids is not None, DOT_PRECISION=_dot_precision(x), **blocks, **launch)
-    dx = torch.empty(n, d, dtype=torch.float32, device=x.device)
-    d_chunks = triton.cdiv(d, cfg["BLOCK_DO"])
-    _mp_contrastive_bwd_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), d_chunks)](
-        x, views, lse, g, dx, n, d, n_rows, offset, x.stride(0), dx.stride(0), LOG2E / temperature,
-        1.0 / temperature, **common)
-    dq = torch.empty(n_rows, d, dtype=torch.float32, device=x.device)
-    _mp_contrastive_bwd_dq_kernel[(triton.cdiv(n_rows, cfg["BLOCK_M"]), d_chunks)](
-        x, views, lse, g, dq, n, d, n_rows, offset, x.stride(0), dq.stride(0), LOG2E / temperature,
-        1.0 / temperature, **common)
-    dx[offset:offset + n_rows] += dq
-    return dx
+    configs = k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
+    n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device))[0]
+    dz = torch.empty(n, d, dtype=z.dtype, device=z.device)
+    part = torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device) if n_splits > 1 else dz
+    views_ptr = views.contiguous() if views is not None else x
+    k._mp_contrastive_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), n_splits)](
+        x, z, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, lse, w_sum,
+        grad.to(torch.float32).contiguous(), dz, part, n, n_rows, offset, z.stride(0), z.stride(1),
+        k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n), NUM_KINDS=ids.shape[0],
+        HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=n_splits == 1, **const)
+    if n_splits > 1:
+        block = k.rows_per_program(const["D_PAD"])
+        k._mp_contrastive_bwd_reduce_kernel[(triton.cdiv(n, block),)](
+            part, z, dz, n, n_splits, z.stride(0), z.stride(1), D=d, D_PAD=const["D_PAD"], NORMALIZE=normalize,
+            BLOCK_M=block)
+    return dz
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# torch.library registration: forward and backward are custom ops, so torch.compile traces through them
+# The cpp and torch backends: eager torch around the C++ log-sum-exp kernels, or the reference itself
 
 
-@torch.library.custom_op("ecgfast::multi_positive_contrastive_lse", mutates_args=())
-def _lse_op(x: torch.Tensor, view_ids: torch.Tensor | None, offset: int, n_rows: int, temperature: float,
-            backend: str) -> torch.Tensor:
-    """Row log-sum-exp of the query rows [offset, offset + n_rows) of x against all rows, diagonal excluded."""
-    if backend == "triton":
-        return _triton_lse_fwd(x, view_ids, offset, n_rows, temperature)
-    if backend == "cpp":
-        return torch.ops.ecgfast.mp_contrastive_lse_fwd(x, view_ids, offset, n_rows, temperature)
-    raise ValueError(f"multi_positive_contrastive_lse has no {backend!r} kernel (triton or cpp)")
+def _round_tf32(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to tf32 (10 mantissa bits, to nearest, ties away: cvt.rna.tf32.f32)."""
+    bits = x.to(torch.float32).view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32).to(x.dtype)
 
 
-@_lse_op.register_fake
-def _lse_fake(x, view_ids, offset, n_rows, temperature, backend):
-    return x.new_empty((n_rows,), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+def _product_rows(z: torch.Tensor, normalize: bool, precision: str) -> torch.Tensor:
+    """x (N, d) in float32 (float64 for float64 z): z normalised (F.normalize), rounded to ``precision``; autograd
+    passes the rounding straight through, as the Triton kernels do."""
+    x = z.to(torch.float64 if z.dtype == torch.float64 else torch.float32)
+    if normalize:
+        x = F.normalize(x, dim=1)
+    if precision == "fp32":
+        return x
+    rounded = _round_tf32(x) if precision == "tf32" else x.to(_HALF[precision]).to(x.dtype)
+    return x + (rounded - x).detach()
 
 
-@torch.library.custom_op("ecgfast::multi_positive_contrastive_lse_backward", mutates_args=())
-def _lse_backward_op(grad_lse: torch.Tensor, x: torch.Tensor, view_ids: torch.Tensor | None, lse: torch.Tensor,
-                     offset: int, n_rows: int, temperature: float, backend: str) -> torch.Tensor:
-    """Gradient (N, d) of sum_r grad_lse_r lse_r w.r.t. x, fp32 (fp64 for fp64 x), from the saved lse."""
-    if backend == "triton":
-        return _triton_lse_bwd(grad_lse, x, view_ids, lse, offset, n_rows, temperature)
-    if backend == "cpp":
-        return torch.ops.ecgfast.mp_contrastive_lse_bwd(grad_lse, x, view_ids, lse, offset, n_rows, temperature)
-    raise ValueError(f"multi_positive_contrastive_lse_backward has no {backend!r} kernel (triton or cpp)")
-
-
-@_lse_backward_op.register_fake
-def _lse_backward_fake(grad_lse, x, view_ids, lse, offset, n_rows, temperature, backend):
-    return x.new_empty(x.shape, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-
-
-class MultiPositiveContrastiveLSE(torch.autograd.Function):
-    """Autograd wrapper of the two custom ops: ``lse`` (n,) forward, tile recomputation backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, view_ids: torch.Tensor | None, offset: int, n_rows: int, temperature: float,
-                backend: str) -> torch.Tensor:
-        lse = torch.ops.ecgfast.multi_positive_contrastive_lse(x, view_ids, offset, n_rows, temperature, backend)
-        ctx.save_for_backward(x, view_ids, lse)
-        ctx.args = (offset, n_rows, temperature, backend)
-        return lse
-
-    @staticmethod
-    def backward(ctx, grad_lse: torch.Tensor):
-        x, view_ids, lse = ctx.saved_tensors
-        dx = torch.ops.ecgfast.multi_positive_contrastive_lse_backward(grad_lse.contiguous(), x, view_ids, lse,
-                                                                       *ctx.args)
-        return dx.to(x.dtype), None, None, None, None, None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Positive term from group sums, O(N d)
+def _normalize_backward(z: torch.Tensor, dx: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """dz from dx = d loss / d x through x = z / max(|z|, eps) (F.normalize), in z's dtype."""
+    if not normalize:
+        return dx.to(z.dtype)
+    zw = z.to(dx.dtype)
+    norm = zw.norm(dim=1, keepdim=True)
+    denom = norm.clamp_min(1e-12)
+    x = zw / denom  # a division, as F.normalize (x = +-1 exactly for d = 1, where the gradient is exactly 0)
+    proj = torch.where(norm > 1e-12, (x * dx).sum(dim=1, keepdim=True), 0.0)  # below eps x = z / eps: none
+    return ((dx - proj * x) / denom).to(z.dtype)
 
 
 def _dense_labels(ids: torch.Tensor) -> torch.Tensor:
-    """Map any int64 ids (N,) to labels in [0, N) (equal ids, equal labels), with static shapes (compile-friendly)."""
+    """Map any int64 ids (N,) to labels in [0, N) (equal ids, equal labels), with static shapes."""
     sorted_ids, order = torch.sort(ids)
     starts = torch.cat([torch.ones_like(sorted_ids[:1], dtype=torch.bool), sorted_ids[1:] != sorted_ids[:-1]])
     return torch.empty_like(ids).scatter_(0, order, torch.cumsum(starts.long(), 0) - 1)
 
 
-def _positive_terms(x: torch.Tensor, ids: torch.Tensor, lam: Sequence[float], views: torch.Tensor | None,
-                    start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For anchors start..stop-1: (sum_j w_ij x_i . x_j, W_i), both (n,) in x's dtype; x (N, d), ids (K, N)."""
-    n_all = x.shape[0]
-    ones = torch.ones(n_all, dtype=x.dtype, device=x.device)
-    xq = x[start:stop]
-    target = torch.zeros_like(xq)  # sum_k lambda_k (group sum - own cell sum): (n, d)
-    w_sum = torch.zeros(stop - start, dtype=x.dtype, device=x.device)
+def _neighbour_sums(v: torch.Tensor, ids: torch.Tensor, lam: Sequence[float],
+                    views: torch.Tensor | None) -> torch.Tensor:
+    """sum_j w_aj v_j for every row a, v (N, m), from per-group sums (O(N m), no N x N matrix): per kind, the sum
+    over a's group minus a's own part (v_a itself, or the sum over its (group, view) cell)."""
+    n = v.shape[0]
+    out = torch.zeros_like(v)
     view_labels = None if views is None else _dense_labels(views)
     for k, weight in enumerate(lam):
         if weight == 0:
             continue
         labels = _dense_labels(ids[k])  # (N,) in [0, N)
-        sums = torch.zeros_like(x).index_add(0, labels, x)  # (N, d) per-group sums G_k
-        counts = torch.zeros_like(ones).index_add(0, labels, ones)
-        own, own_count = x, ones  # what of its group a row may not pair with: itself, or its (group, view) cell
+        own = v
         if view_labels is not None:
-            cells = _dense_labels(labels * n_all + view_labels)
-            own = torch.zeros_like(x).index_add(0, cells, x)[cells]
-            own_count = torch.zeros_like(ones).index_add(0, cells, ones)[cells]
-        lq = labels[start:stop]
-        target = target + weight * (sums[lq] - own[start:stop])
-        w_sum = w_sum + weight * (counts[lq] - own_count[start:stop])
-    return (xq * target).sum(dim=1), w_sum
+            cells = _dense_labels(labels * n + view_labels)
+            own = torch.zeros_like(v).index_add(0, cells, v)[cells]
+        out = out + weight * (torch.zeros_like(v).index_add(0, labels, v)[labels] - own)
+    return out
+
+
+def _cpp_forward(z, ids, weights, views, offset, n_rows, temperature, normalize, precision):
+    x = _product_rows(z, normalize, precision)
+    q = slice(offset, offset + n_rows)
+    lse = torch.ops.ecgfast.mp_contrastive_lse_fwd(x, views, offset, n_rows, temperature)
+    pos = (x[q] * _neighbour_sums(x, ids, weights, views)[q]).sum(dim=1) / temperature  # sum_j w_ij s_ij
+    w_sum = _neighbour_sums(torch.ones_like(x[:, :1]), ids, weights, views)[q, 0]
+    has = w_sum > 0
+    return torch.where(has, lse - pos / torch.where(has, w_sum, 1.0), 0.0), w_sum, lse
+
+
+def _cpp_backward(grad, z, ids, weights, views, lse, w_sum, offset, n_rows, temperature, normalize, precision):
+    """dz of sum_i g_i (lse_i - x_i . T_i / (tau W_i)), T_i = sum_j w_ij x_j: the C++ kernels for the lse, and
+    d/dx_a of the positive term = -(c_a T_a + sum_i c_i w_ia x_i), c_i = g_i / (tau W_i), from group sums."""
+    x = _product_rows(z, normalize, precision)
+    q = slice(offset, offset + n_rows)
+    has = w_sum > 0
+    g = torch.where(has, grad.to(lse.dtype), 0.0)  # rows without a positive have loss 0 whatever z is
+    dx = torch.ops.ecgfast.mp_contrastive_lse_bwd(g.contiguous(), x, views, lse, offset, n_rows, temperature)
+    c = (g / (temperature * torch.where(has, w_sum, 1.0)))[:, None]
+    y = torch.zeros_like(x)
+    y[q] = c * x[q]
+    dx = dx - _neighbour_sums(y, ids, weights, views)
+    dx[q] -= c * _neighbour_sums(x, ids, weights, views)[q]
+    return _normalize_backward(z, dx, normalize)
+
+
+def _torch_loss(z, ids, weights, views, offset, n_rows, temperature, normalize, precision):
+    return multi_positive_contrastive_loss_reference(_product_rows(z, normalize, precision), ids, temperature, weights,
+                                                     views, normalize=False, reduction="none",
+                                                     rows=slice(offset, offset + n_rows))
+
+
+def _torch_backward(grad, z, ids, weights, views, offset, n_rows, temperature, normalize, precision):
+    """The reference's gradient with the N x N matrices: d loss_i / d s_ij = g_i (P_ij - w_ij / W_i)."""
+    x = _product_rows(z, normalize, precision)
+    q = slice(offset, offset + n_rows)
+    anchors, keys = torch.arange(x.shape[0], device=x.device)[q], torch.arange(x.shape[0], device=x.device)
+    allowed = anchors[:, None] != keys[None, :]  # (n, N)
+    if views is not None:
+        allowed = allowed & (views[q][:, None] != views[None, :])
+    w = positive_weight_matrix(ids, weights, views, rows=q, dtype=x.dtype)  # (n, N), 0 where not allowed
+    w_sum = w.sum(dim=1, keepdim=True)
+    has = w_sum > 0
+    logits = torch.where(has, (x[q] @ x.T / temperature).masked_fill(~allowed, float("-inf")), 0.0)
+    ds = torch.where(has, grad.to(x.dtype)[:, None] * (torch.softmax(logits, dim=1) - w / w_sum.clamp_min(1e-30)),
+                     0.0)  # (n, N)
+    dx = ds.T @ x[q] / temperature
+    dx[q] += ds @ x / temperature
+    return _normalize_backward(z, dx, normalize)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.library: one custom op over every backend, its backward op, and its autograd
+
+
+@torch.library.custom_op("ecgfast::multi_positive_contrastive_rows", mutates_args=())
+def contrastive_rows(z: torch.Tensor, ids: torch.Tensor, weights: list[float], views: torch.Tensor | None,
+                     offset: int, n_rows: int, temperature: float, normalize: bool, precision: str,
+                     backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row losses of the queries [offset, offset + n_rows) of z (N, d) against all N rows, on ``backend``.
+
+    ids (K, N) int64 and views (N,) int64 on z's device; weights K floats; precision one of :data:`PRECISIONS`.
+    Returns (loss, W, lse): (n_rows,) float32 (float64 for float64 z); W_i = sum_j w_ij (a row has a positive
+    when W_i > 0); lse the row log-sum-exp the backward needs, empty on the torch backend (whose backward re-runs
+    the reference). Call :func:`multi_positive_contrastive_loss` instead: it checks and converts.
+    """
+    if backend == "triton":
+        return _triton_forward(z, ids, weights, views, offset, n_rows, temperature, normalize, precision)
+    if backend == "cpp":
+        return _cpp_forward(z, ids, weights, views, offset, n_rows, temperature, normalize, precision)
+    loss = _torch_loss(z, ids, weights, views, offset, n_rows, temperature, normalize, precision)
+    w_sum = positive_weight_sums(ids, weights, views)[offset:offset + n_rows].to(loss.dtype)
+    return loss, w_sum, loss.new_empty(0)  # the torch backward recomputes the N x N matrices
+
+
+@contrastive_rows.register_fake
+def _(z, ids, weights, views, offset, n_rows, temperature, normalize, precision, backend):
+    dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
+    return (z.new_empty(n_rows, dtype=dtype), z.new_empty(n_rows, dtype=dtype),
+            z.new_empty(0 if backend == "torch" else n_rows, dtype=dtype))
+
+
+@torch.library.custom_op("ecgfast::multi_positive_contrastive_rows_backward", mutates_args=())
+def contrastive_rows_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, weights: list[float],
+                              views: torch.Tensor | None, lse: torch.Tensor, w_sum: torch.Tensor, offset: int,
+                              n_rows: int, temperature: float, normalize: bool, precision: str,
+                              backend: str) -> torch.Tensor:
+    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype, from the forward's W and lse."""
+    args = (ids, weights, views)
+    if backend == "triton":
+        return _triton_backward(grad, z, *args, lse, w_sum, offset, n_rows, temperature, normalize, precision)
+    if backend == "cpp":
+        return _cpp_backward(grad, z, *args, lse, w_sum, offset, n_rows, temperature, normalize, precision)
+    return _torch_backward(grad, z, *args, offset, n_rows, temperature, normalize, precision)
+
+
+@contrastive_rows_backward.register_fake
+def _(grad, z, ids, weights, views, lse, w_sum, offset, n_rows, temperature, normalize, precision, backend):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    z, ids, weights, views, offset, n_rows, temperature, normalize, precision, backend = inputs
+    _, w_sum, lse = output
+    ctx.save_for_backward(z, ids, views, lse, w_sum)
+    ctx.args = (weights, offset, n_rows, temperature, normalize, precision, backend)
+    ctx.mark_non_differentiable(w_sum, lse)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for W and lse: two launches fewer
+
+
+def _backward(ctx, grad_loss, _grad_w_sum, _grad_lse):
+    if grad_loss is None:  # the per-row losses were not used
+        return None, None, None, None, None, None, None, None, None, None
+    z, ids, views, lse, w_sum = ctx.saved_tensors
+    weights, offset, n_rows, temperature, normalize, precision, backend = ctx.args
+    dz = contrastive_rows_backward(grad_loss, z, ids, weights, views, lse, w_sum, offset, n_rows, temperature,
+                                   normalize, precision, backend)
+    return dz, None, None, None, None, None, None, None, None, None
+
+
+contrastive_rows.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,44 +403,24 @@ def _check_z(z: torch.Tensor) -> None:
         raise ValueError(f"z must have 1 <= d <= {MAX_DIM} features, got d = {z.shape[1]}")
 
 
-def _fused_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], views: torch.Tensor | None,
-                temperature: float, normalize: bool, start: int, stop: int,
-                chosen: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-anchor losses, has a positive), both (stop - start,), of rows [start, stop) of z (N, d) against all N
-    rows, by a fused backend."""
-    work = torch.float64 if z.dtype == torch.float64 else torch.float32
-    x = z.to(work)
-    if normalize:
-        x = F.normalize(x, dim=1)
-    x_kernel = x.to(z.dtype) if chosen == "triton" and z.dtype in (torch.float16, torch.bfloat16) else x
-    lse = MultiPositiveContrastiveLSE.apply(x_kernel.contiguous(), views, start, stop - start, float(temperature),
-                                            chosen)  # (n,)
-    # the positive term from the same (possibly rounded) embeddings as the tiles, so that loss_i is the exact loss
-    # of one set of embeddings (e.g. 0 for N = 2 with one pair, as in torch's own low-precision arithmetic)
-    x_pos = x_kernel.to(work) if x_kernel.dtype != work else x
-    pos_sum, w_sum = _positive_terms(x_pos, ids, lam, views, start, stop)
-    has_pos = w_sum > 0
-    safe_w = torch.where(has_pos, w_sum, torch.ones_like(w_sum))
-    return torch.where(has_pos, lse.to(work) - pos_sum / (temperature * safe_w), torch.zeros_like(w_sum)), has_pos
-
-
 def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], views: torch.Tensor | None,
-                 cfg: ContrastiveLossConfig, start: int, stop: int,
-                 backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-anchor losses, has a positive) of rows [start, stop) on the chosen backend; N < 2 goes to the
-    reference (loss 0)."""
+                 cfg: ContrastiveLossConfig, start: int, stop: int, backend: str | None,
+                 precision: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-anchor losses, W) of rows [start, stop) on the chosen backend, both (stop - start,)."""
     chosen = resolve_backend(OP, z.device, backend)
     if chosen == "triton" and z.dtype == torch.float64:
         chosen = "cpp" if "cpp" in available_backends(OP, z.device) else "torch"
-    if chosen == "torch" or z.shape[0] < 2:  # one row has no pair: the reference's convention applies
-        per_row = multi_positive_contrastive_loss_reference(z, ids, cfg.temperature, lam, views, cfg.normalize, "none",
-                                                            rows=slice(start, stop))
-        return per_row, positive_weight_sums(ids, lam, views)[start:stop].to(per_row.device) > 0
-    return _fused_rows(z, ids, lam, views, cfg.temperature, cfg.normalize, start, stop, chosen)
+    if z.shape[0] < 2:  # one row has no pair: the reference's convention (loss 0) applies
+        chosen = "torch"
+    if precision is None:  # the input's own precision: bf16 / fp16 rows for bf16 / fp16 z, no rounding otherwise
+        precision = _DEFAULT_PRECISION.get(z.dtype, "fp32")
+    loss, w_sum, _ = contrastive_rows(z, ids, list(lam), views, start, stop - start, float(cfg.temperature),
+                                      cfg.normalize, precision, chosen)
+    return loss, w_sum
 
 
-def _warn_no_positive() -> None:
-    warnings.warn("multi-positive contrastive loss: no row has a positive (every group is a singleton, every "
+def _warn_no_positive(where: str = "row") -> None:
+    warnings.warn(f"multi-positive contrastive loss: no {where} has a positive (every group is a singleton, every "
                   "weight is 0, or view_ids leave no pair); the loss is 0", RuntimeWarning, stacklevel=3)
 
 
@@ -327,15 +436,33 @@ def multi_positive_contrastive_loss(
     gather: bool = True,
     rows: slice | None = None,
     backend: str | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Multi-positive contrastive loss of N embeddings, O(N d) memory; gathered across ranks under DDP.
 
-    Same definition and result as :func:`ecgfast.reference.contrastive_loss.multi_positive_contrastive_loss_reference`
-    (the module docstring of this file says how it is computed).
+    Same definition as :func:`ecgfast.reference.contrastive_loss.multi_positive_contrastive_loss_reference` (the
+    module docstring of this file says how it is computed).
+
+    Precision contract (every backend; tests/test_contrastive_loss_op.py::test_precision_contract):
+
+    - Rows: ``z`` is normalised in float32 (``F.normalize``; float64 for float64 ``z`` off Triton) and rounded once,
+      to nearest, to the product precision: bf16 when ``z`` is bfloat16 or ``precision="bf16"`` (the tensor-core
+      path for float32 embeddings: ask for it explicitly), fp16 when ``z`` is float16 or ``precision="fp16"``, tf32
+      when asked, none for float32 ``z`` by default. Nothing depends on the global ``allow_tf32`` flag.
+    - Accumulation: the dot products accumulate in float32; the log-sum-exp, the positive term and the loss are
+      float32 (the loss is float32 whatever ``z``'s dtype, float64 for float64 ``z``).
+    - Gradient: accumulated in float32, passed straight through the rounding of the rows, and rounded once to
+      ``z``'s dtype (so float32 for float32 ``z`` with bf16 products). On Triton the backward's second product
+      also takes its weights ``P_ij - w_ij / W_i`` rounded to the row precision, as FlashAttention rounds P.
+    - Bounds, with ``u`` the unit roundoff of the rows (2^-8 bf16, 2^-11 fp16 and tf32, 0 without rounding): the
+      loss is the loss of the rounded rows up to float32 summation (tested within 1e-5); each ``s_ij`` moves by at
+      most ``(2 u + u^2) / tau`` from the exact one, so each ``loss_i`` moves by at most twice that (tested against
+      the float64 reference); the gradient is within a relative ``2 u`` (Frobenius norm) of the float64 gradient of
+      the rounded rows' loss passed straight through the rounding.
 
     Args:
         z: (n, d) embeddings of this rank (all N rows without torch.distributed), float32 / bfloat16 / float16 /
-            float64, d <= 1024.
+            float64, any strides, d <= 1024.
         group_ids: K integer id vectors (n,) (a sequence, one (n,) tensor or a (K, n) tensor); equal ids of kind
             k make positives.
         temperature: tau > 0.
@@ -348,15 +475,20 @@ def multi_positive_contrastive_loss(
         rows: anchors as a slice ``start:stop`` of the N rows (default all), scored against all N rows; not with
             a distributed gather.
         backend: ``"triton"``, ``"cpp"`` or ``"torch"``; default ``$ECGFAST_LOSS_BACKEND`` or the best available.
+        precision: of the similarity products, one of ``"bf16"``, ``"fp16"``, ``"tf32"``, ``"fp32"`` (no rounding;
+            float64 stays float64). Default: ``z``'s own precision (``"bf16"`` / ``"fp16"`` for bfloat16 / float16,
+            ``"fp32"`` otherwise), on every backend; cpp and torch round the rows the same way, so backends agree.
 
     Returns:
         A scalar, or (n,) for ``"none"``; float32 (float64 for float64 ``z``). Under torch.distributed, the
         per-rank value is scaled so that its average over ranks is the full-batch loss and DDP's averaged gradient
         is the full-batch gradient (see the comment in the code). With N < 2 (no pair at all) the loss is 0.
+        When no row has a positive the loss is 0 and, on a CPU and not under torch.compile, a RuntimeWarning
+        says so (on a GPU the check would synchronise the host with the device, so it is not made).
 
     Raises:
         ValueError: ``z`` not 2-D or not floating point, d outside 1..1024, ids of the wrong length or dtype, a bad
-            temperature, reduction, weight or weight count, a bad ``rows`` slice or an unusable backend.
+            temperature, reduction, weight or weight count, precision, a bad ``rows`` slice or an unusable backend.
 
     Example:
         >>> z = torch.randn(8, 128, requires_grad=True)
@@ -366,20 +498,24 @@ def multi_positive_contrastive_loss(
     """
     cfg = ContrastiveLossConfig(temperature, weights, normalize, reduction, gather)  # validates them all
     _check_z(z)
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be None or one of {PRECISIONS}, got {precision!r}")
     n = z.shape[0]
-    ids = as_group_id_matrix(group_ids, n).to(z.device)  # (K, n)
+    ids = as_group_id_matrix(group_ids, n).to(z.device)  # (K, n) int64
     lam = cfg.weights_for(ids.shape[0])
     views = as_view_ids(view_ids, n)
     views = None if views is None else views.to(z.device)
+    check_positives = not torch.compiler.is_compiling() and z.device.type == "cpu"  # no host sync on a GPU
     world = _world_size() if gather else 1
     if world == 1:
         start, stop, step = (rows or slice(None)).indices(n)
         if step != 1 or (stop <= start and n > 0):  # an empty batch scores nothing: the reference's loss 0
             raise ValueError(f"rows must be a non-empty slice with step 1 of the {n} rows, got {rows}")
-        per_row, has_pos = _scored_rows(z, ids, lam, views, cfg, start, stop, backend)
+        per_row, w_sum = _scored_rows(z, ids, lam, views, cfg, start, stop, backend, precision)
         if reduction == "none":
             return per_row
-        if not torch.compiler.is_compiling() and not bool(has_pos.any()):
+        has_pos = w_sum > 0
+        if check_positives and not bool(has_pos.any()):
             _warn_no_positive()
         if reduction == "sum":
             return per_row.sum()
@@ -390,8 +526,8 @@ def multi_positive_contrastive_loss(
     meta = ids if views is None else torch.cat([ids, views[None]])  # (K [+1], n)
     z_all, meta_all, offset = _all_gather_rows(z, meta)
     ids_all, views_all = (meta_all, None) if views is None else (meta_all[:-1], meta_all[-1])
-    per_row, _ = _scored_rows(  # (n,): this rank's rows (queries) against all N gathered rows (keys)
-        z_all, ids_all, lam, views_all, cfg, offset, offset + n, backend)
+    per_row, w_sum = _scored_rows(  # (n,): this rank's rows (queries) against all N gathered rows (keys)
+        z_all, ids_all, lam, views_all, cfg, offset, offset + n, backend, precision)
     if reduction == "none":
         return per_row
 
@@ -405,13 +541,11 @@ def multi_positive_contrastive_loss(
     # returns W * local sum (mean over ranks = full-batch sum).
     if reduction == "sum":
         return per_row.sum() * world
-    n_valid = int((positive_weight_sums(ids_all, lam, views_all) > 0).sum())
-    if n_valid == 0:
-        warnings.warn("multi-positive contrastive loss: no row of the gathered batch has a positive; the loss is 0",
-                      RuntimeWarning, stacklevel=2)
-        return per_row.sum()
-    return per_row.sum() * (world / n_valid)
+    n_valid = (w_sum > 0).sum()  # this rank's rows with positives; summed over ranks without a host sync
+    dist.all_reduce(n_valid)
+    if check_positives and int(n_valid) == 0:
+        _warn_no_positive("row of the gathered batch")
+    return per_row.sum() * world / n_valid.clamp(min=1)
 
 
-
-__all__ = ["ContrastiveLossConfig", "MAX_DIM", "MultiPositiveContrastiveLSE", "multi_positive_contrastive_loss"]
+__all__ = ["ContrastiveLossConfig", "MAX_DIM", "PRECISIONS", "contrastive_rows", "multi_positive_contrastive_loss"]

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..ops.configs import ContrastiveLossConfig, VCGAugmentConfig
+from ..ops.configs import LOSS_PRECISIONS, ContrastiveLossConfig, VCGAugmentConfig
 
 
 class ConfigError(ValueError):
@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 CHOICES: dict[str, tuple[str, ...]] = {
     "views": ("intersegment", "augment"), "model": ("paper", "small", "tiny"), "loader": ("auto", "dali", "torch"),
     "transform": ("dower", "kors"), "reduction": ("mean", "sum", "none"),
-    "memory": ("auto", "full", "checkpoint", "chunked")}
+    "memory": ("auto", "full", "checkpoint", "chunked"), "precision": LOSS_PRECISIONS}
 
 
 @dataclass

@@ -21,6 +21,7 @@ before backward runs; on a CPU it costs nothing); the logged gradient norms are 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -182,7 +183,10 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda"
                                                           else None)
     step_model = torch.compile(model) if use_compile else model
-    loss_fn = MultiPositiveContrastiveLoss(config=config.loss)
+    # bf16 training feeds the loss bf16 products (tensor cores; fp32 accumulation, see the loss's precision contract)
+    loss_config = (dataclasses.replace(config.loss, precision="bf16")
+                   if use_bf16 and config.loss.precision is None else config.loss)
+    loss_fn = MultiPositiveContrastiveLoss(config=loss_config)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     chunked = (ChunkedContrastiveStep(step_model, encoder, loss_fn, plan.chunk, autocast,
                                       ddp=model if world > 1 else None) if plan.mode == "chunked" else None)
