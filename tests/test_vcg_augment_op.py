@@ -172,6 +172,23 @@ def test_view_windows_equal_reference(backend, n, length, in_dtype, out_dtype, m
                                    length)
 
 
+@pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not installed (the [triton] extra)")
+@pytest.mark.parametrize(("n", "length", "mode"), [(2500, 2500, "none"), (5000, 2500, "per_view"),
+                                                   (2503, 1249, "shared")])
+def test_triton_at_the_training_lengths(n, length, mode):
+    """The Triton kernel in the interpreter at the lengths training uses (5 s views of a 10 s record at 500 Hz,
+    an odd prime-ish record), where its T loop runs many blocks: int16 in, bf16 out, two views, one ECG of each
+    layout (the interpreter's cost grows with B x T)."""
+    for batch_seed, layout in enumerate(LAYOUTS):
+        x, gain, baseline, matrices, starts = _inputs(1, n, torch.int16, layout, seed=n + batch_seed, length=length)
+        windows = _windows(mode, 1, n, length, n + batch_seed)
+        mask_length = min(round(0.5 * length), length - 1)
+        out = vcg_augment(x, gain, baseline, matrices=matrices, mask_starts=starts, mask_length=mask_length,
+                          windows=windows, length=length, out_dtype=torch.bfloat16, backend="triton")
+        assert out.shape == (2, 1, 8, length)
+        _assert_close_to_reference(out, x, gain, baseline, matrices, starts, mask_length, windows, length)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_windowed_views_are_the_views_of_the_cropped_records(backend):
     """Cropping commutes with the op: view v of x at window w equals the one-view op on x[..., w : w + L]."""

@@ -15,7 +15,8 @@ Memory (``--memory``, :mod:`ecgfast.pretrain.memory`): before the first step the
 for this model, precision and segment, predicts the step's peak and logs it; ``checkpoint`` recomputes each
 residual block in backward, ``chunked`` runs the step as GradCache (:mod:`ecgfast.pretrain.gradcache`), ``auto``
 takes the first that fits the GPU. Host synchronisations: one per step (the finite check, which decides the skip
-before backward runs; on a CPU it costs nothing); the logged gradient norms are read every ``log_every`` steps.
+before backward runs; on a CPU it costs nothing), and under DDP the loss's exchange of per-rank row counts; the
+logged gradient norms are read every ``log_every`` steps.
 """
 
 from __future__ import annotations
