@@ -13,7 +13,9 @@ its dense bf16 tensor-core peak and of its memory bandwidth (also in ``extra_inf
 them). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts to show), so that the file
 takes a minute or two; the 16,384-row memory claim is a test in tests/test_contrastive_loss_op.py. GPU sizes are
 issue 12's: N = 2,048 (the paper's batch), 8,192, 32,768 and 65,536 at d = 128, bf16 embeddings; the naive loss is
-skipped at 65,536 rows (16 GiB per N x N fp32 matrix, several of them).
+skipped at 65,536 rows (16 GiB per N x N fp32 matrix, several of them). On a GPU only, the current kernel is also
+measured against the previous one (commit 8f57bcd, kept in bench/baselines/contrastive_loss_v1.py) at N = 2,048
+and 8,192, d = 128, bf16 and fp32 embeddings (:func:`test_contrastive_loss_against_the_previous_kernel`).
 """
 
 from __future__ import annotations
@@ -162,4 +164,63 @@ def test_contrastive_loss(benchmark, capsys, provider: str, mode: str, n: int, d
     with capsys.disabled():  # beside pytest-benchmark's table, which has no room for these
         print(f"\n{benchmark.group} {provider}: {mean_s * 1e3:.3f} ms, {info['gflop']:.2f} GFLOP, "
               f"{info['mbytes']:.2f} MB, {info['matmul_tflops']:.3g} TFLOP/s, {info['gb_per_s']:.3g} GB/s{peak}, "
+              f"peak +{info['peak_extra_mib']:.1f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The FlashAttention-2-style kernel against the previous one (commit 8f57bcd, bench/baselines/contrastive_loss_v1.py)
+
+VERSUS_NS = (2048, 8192)
+VERSUS_D = 128
+VERSUS_DTYPES = (torch.bfloat16, torch.float32)  # z's dtype; each provider's products in that precision
+
+
+def make_versus_case(provider: str, mode: str, n: int, d: int, dtype: torch.dtype):
+    """(fn, z) on the GPU: ``fn()`` runs the loss of provider "v1" (the previous kernel) or "fused" (the current
+    Triton backend), forward or forward + backward ("full"), with one kind of ids (two views of n / 2 ECGs)."""
+    from baselines.contrastive_loss_v1 import contrastive_loss_v1  # bench/ is on sys.path (no __init__.py)
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(n, d, generator=gen).to(device="cuda", dtype=dtype).requires_grad_(mode == "full")
+    ids = (torch.arange(n) // 2).cuda()
+
+    def fn() -> None:
+        if provider == "v1":
+            out = contrastive_loss_v1(z, ids, TAU)
+        else:
+            out = multi_positive_contrastive_loss(z, ids, TAU, backend="triton")
+        if mode == "full":
+            out.backward()
+            z.grad = None
+        torch.cuda.synchronize()
+
+    return fn, z
+
+
+@pytest.mark.skipif(not CUDA, reason="the previous kernel is compared on a GPU only")
+@pytest.mark.parametrize("mode", ("forward", "full"))
+@pytest.mark.parametrize("provider", ("v1", "fused"))
+@pytest.mark.parametrize("dtype", VERSUS_DTYPES, ids=str)
+@pytest.mark.parametrize("n", VERSUS_NS)
+def test_contrastive_loss_against_the_previous_kernel(benchmark, capsys, provider: str, mode: str, n: int,
+                                                      dtype: torch.dtype) -> None:
+    """Speed, FLOP rate (of the 2 / 6 N^2 d floor, the same for both) and peak memory, v1 vs fused, same inputs."""
+    if "triton" not in available_backends("contrastive_loss", DEVICE):
+        pytest.skip("the triton backend is not available here")
+    d = VERSUS_D
+    benchmark.group = f"contrastive-loss-vs-v1-{mode}-N{n}-d{d}-{str(dtype).removeprefix('torch.')}"
+    fn, z = make_versus_case(provider, mode, n, d, dtype)
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=2)  # the warm-up rounds include the autotuning
+    device = torch.cuda.get_device_name(0)
+    mean_s = benchmark.stats.stats.mean
+    benchmark.extra_info.update(device=device, dtype=str(dtype), **rates(mode, n, d, z.element_size(), mean_s, device))
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    benchmark.extra_info["peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    info = benchmark.extra_info
+    peak = f", {info['pct_of_bf16_peak']:.1f} % of bf16 peak" if "pct_of_bf16_peak" in info else ""
+    with capsys.disabled():
+        print(f"\n{benchmark.group} {provider}: {mean_s * 1e3:.3f} ms, {info['matmul_tflops']:.3g} TFLOP/s{peak}, "
               f"peak +{info['peak_extra_mib']:.1f} MiB")

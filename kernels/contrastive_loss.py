@@ -11,10 +11,13 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
 
 - ``_mp_contrastive_normalize_kernel``: the prologue, z (N, D) any float dtype and strides -> x = z / max(|z|,
   1e-12) (F.normalize) rounded once to the product dtype.
-- ``_mp_contrastive_fwd_kernel``: one program per BLOCK_M queries and key split. The query tile is loaded once;
-  the key loop streams (BLOCK_N, D) tiles (D a constexpr: whole-d tiles, so the loop has no inner run-time loop and
-  Triton pipelines its loads over num_stages); one ``tl.dot`` per tile (fp32 accumulation, tensor cores for 16-bit
-  rows), an online max-shifted log-sum-exp in base 2, and P_i, W_i from the same tile. Disallowed entries are -inf
+- ``_mp_contrastive_fwd_kernel``: one program per BLOCK_M queries and key split. Up to d = 128 (padded) the query
+  tile is loaded once and the key loop streams whole-d (BLOCK_N, D) tiles (D a constexpr, so the key loop is the
+  innermost loop and Triton pipelines its loads over num_stages), one ``tl.dot`` per tile; past 128 the similarity
+  tile accumulates over d chunks of BLOCK_D = 64 columns in an inner loop (pipelined over its chunks; query and
+  key chunks loaded per chunk), so that registers and shared memory hold one chunk per stage whatever d, up to
+  1024. fp32 accumulation, tensor cores for 16-bit rows; an online max-shifted log-sum-exp in base 2, and P_i, W_i
+  from the same tile. Disallowed entries are -inf
   through ``tl.where``; the running max is replaced by 0 while a row has seen nothing allowed (no inf - inf).
   With one split it writes loss, lse and W; with several (fewer query blocks than SMs) each split writes its
   partial (lse, P, W) and ``_mp_contrastive_merge_kernel`` merges them (log-sum-exp of the lse, sums of P and W).
@@ -24,12 +27,16 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
       dx_a = sum_j [g_a (P_aj - w_aj / W_a) + g_j (P_ja - w_ja / W_j)] x_j / tau
 
   (g, 1/W of a non-query row are 0). One program owns BLOCK_M rows a and loops over key tiles j: one similarity
-  tile, both softmax terms from it (P_ja = exp(s_aj - lse_j)), one ``tl.dot`` into the (BLOCK_M, D) fp32
-  accumulator. FLOPs 4 N^2 D (6 N^2 D with the forward; the two-kernel backward it replaces did 8). Each program
-  owns its output rows: no atomics, deterministic. The normalisation's backward (``(dx - x (x . dx)) / |z|``)
-  runs in the epilogue, from z, so the kernel writes dz in z's dtype. With fewer row blocks than SMs the keys are
-  split, each split writes its (N, D) fp32 partial and ``_mp_contrastive_bwd_reduce_kernel`` sums them in a fixed
-  order (deterministic) before the same epilogue. A block without queries (under DDP) only visits the query keys.
+  tile, both softmax terms from it (P_ja = exp(s_aj - lse_j)), one ``tl.dot`` into the (BLOCK_M, BLOCK_DX) fp32
+  accumulator. Up to d = 128, BLOCK_DX = D: FLOPs 4 N^2 D (6 N^2 D with the forward; the two-kernel backward it
+  replaces did 8). Past 128 the similarity is chunked over d as in the forward and a third grid axis splits dx
+  into D / 128 column chunks, each recomputing the similarity tile: FLOPs 2 N^2 D (1 + D / 128) (the kernel's
+  docstring says why not a whole-d accumulator). Each program owns its output rows: no atomics, deterministic.
+  The normalisation's backward (``(dx - x (x . dx)) / |z|``) runs in the epilogue, from z, so the kernel writes dz
+  in z's dtype. With fewer row blocks than SMs the keys are split, each split writes its (N, D) fp32 partial (its
+  columns of it when dx is chunked) and ``_mp_contrastive_bwd_reduce_kernel`` sums them in a fixed order
+  (deterministic) before the same epilogue; with dx in column chunks the reduction runs even with one split,
+  since the epilogue needs whole rows. A block without queries (under DDP) only visits the query keys.
 
 Tile sizes come from ``triton.autotune`` over a few configs keyed on (N bucket, D, dtypes), pruned to those whose
 tiles fit in registers and shared memory for that D; under the Triton interpreter (CPU tests) one config per N
@@ -68,7 +75,7 @@ def _interpreter_config(n_bucket: int) -> triton.Config:
 def _configs(which: str) -> list[triton.Config]:
     if INTERPRET:  # one per N bucket, chosen by the pruner: the interpreter never benchmarks
         return [_interpreter_config(1), _interpreter_config(INTERPRET_BIG_BUCKET)]
-    table = {  # whole-d tiles: the rows per tile shrink as D grows, so that D = 1024 still fits
+    table = {  # d chunks past 128 columns: the 128-row and 64-row tiles fit up to D = 1024 (the AOT test)
         "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
         "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
     }[which]
@@ -82,26 +89,42 @@ REGISTER_BUDGET_MMA_SYNC = 160
 SMEM_BUDGET = 220 * 1024  # bytes of pipelined key tiles an H100 SM holds
 
 
+WHOLE_D_MAX = 128  # up to this padded d, whole-d tiles (one product per key tile, the query tile loaded once)
+D_CHUNK = 64  # past it, the similarity's d chunk: the dot accumulates over D_PAD / 64 chunks
+DX_CHUNK = 128  # past it, the columns of dx one backward program owns (a grid axis over D_PAD / 128 chunks)
+
+
+def dot_chunk(d_pad: int) -> int:
+    """BLOCK_D: the columns of one similarity product, whole d up to WHOLE_D_MAX, else D_CHUNK."""
+    return d_pad if d_pad <= WHOLE_D_MAX else D_CHUNK
+
+
+def dx_chunk(d_pad: int) -> int:
+    """BLOCK_DX: the columns of dx one backward program accumulates, whole d up to WHOLE_D_MAX, else DX_CHUNK."""
+    return d_pad if d_pad <= WHOLE_D_MAX else DX_CHUNK
+
+
 def tile_registers(which: str, block_m: int, block_n: int, num_warps: int, d_pad: int, elem_bytes: int) -> float:
-    """Estimated 32-bit registers a thread for a config's live tiles: the query tile, the fp32 similarity-sized tiles
-    (3 of them: s, p, w), and in the backward the (BLOCK_M, D) fp32 accumulator and the key tile (the second
-    product's operand). Calibrated against ptxas for sm_90 (tests/test_contrastive_loss_op.py compiles the bf16
-    configs and asserts zero spills): under the budget, no config spilled; over it, most did."""
+    """Estimated 32-bit registers a thread for a config's live tiles: the query tile (whole d, or one d chunk), the
+    fp32 similarity-sized tiles (3 of them: s, p, w), and in the backward the (BLOCK_M, BLOCK_DX) fp32 accumulator
+    and the key tile of the second product. Calibrated against ptxas for sm_90 (tests/test_contrastive_loss_op.py
+    compiles the bf16 configs and asserts zero spills): under the budget, no config spilled; over it, most did."""
     threads = 32 * num_warps
-    live = block_m * d_pad * elem_bytes + block_m * block_n * 4 * 3
+    live = block_m * dot_chunk(d_pad) * elem_bytes + block_m * block_n * 4 * 3
     if which == "bwd":
-        live += block_m * d_pad * 4 + block_n * d_pad * elem_bytes
+        live += block_m * dx_chunk(d_pad) * 4 + block_n * dx_chunk(d_pad) * elem_bytes
     return live / (4 * threads)
 
 
 def tile_fits(which: str, block_m: int, block_n: int, num_warps: int, num_stages: int, d_pad: int,
               elem_bytes: int) -> bool:
     """Whether a config's tiles fit an H100 SM without spilling: the register estimate under its budget (the
-    smaller one for blocks of fewer than 64 rows, which use mma.sync rather than wgmma) and num_stages key tiles
-    in shared memory."""
+    smaller one for blocks of fewer than 64 rows, which use mma.sync rather than wgmma) and num_stages pipelined
+    tiles in shared memory (key tiles of whole d; past WHOLE_D_MAX query and key chunks)."""
     budget = REGISTER_BUDGET[which] if block_m >= 64 else REGISTER_BUDGET_MMA_SYNC
     registers = tile_registers(which, block_m, block_n, num_warps, d_pad, elem_bytes)
-    return registers <= budget and num_stages * block_n * d_pad * elem_bytes <= SMEM_BUDGET
+    staged_rows = block_n if d_pad <= WHOLE_D_MAX else block_m + block_n
+    return registers <= budget and num_stages * staged_rows * dot_chunk(d_pad) * elem_bytes <= SMEM_BUDGET
 
 
 def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int) -> list[triton.Config]:
@@ -126,15 +149,17 @@ def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int) -> list[trit
     return _fitting(_configs(which), which, d_pad, elem_bytes)
 
 
-def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int) -> tuple[int, int]:
+def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int,
+               row_block_copies: int = 1) -> tuple[int, int]:
     """(splits, keys per split) of the key loop: split only when the row blocks fill at most half the SMs.
 
     Decided with the largest BLOCK_M of the configs (the fewest row blocks autotuning can choose), in key chunks
     that are a multiple of every config's BLOCK_N, so that the choice does not depend on the config picked.
+    ``row_block_copies``: programs per row block besides the splits (the backward's column chunks of dx).
     """
     block_m = max(c.kwargs["BLOCK_M"] for c in configs)
     granule = max(c.kwargs["BLOCK_N"] for c in configs)
-    row_blocks = triton.cdiv(rows, block_m)
+    row_blocks = triton.cdiv(rows, block_m) * row_block_copies
     key_tiles = triton.cdiv(keys, granule)
     if row_blocks * SPLIT_MIN_SM_SHARE > sm_count or key_tiles < 2:
         return 1, triton.cdiv(keys, granule) * granule
@@ -169,10 +194,48 @@ def _round_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(X, rows, ok, D: tl.constexpr, D_PAD: tl.constexpr):
-    """(len rows, D_PAD) tile of the contiguous (N, D) rows x, zero outside (padding columns add nothing)."""
-    offs = tl.arange(0, D_PAD)
-    return tl.load(X + rows[:, None] * D + offs[None, :], mask=ok[:, None] & (offs[None, :] < D), other=0.0)
+def _load_rows(X, rows, ok, col0, D: tl.constexpr, WIDTH: tl.constexpr):
+    """(len rows, WIDTH) tile of columns [col0, col0 + WIDTH) of the contiguous (N, D) rows x, zero outside
+    (padding columns add nothing). col0 is a multiple of WIDTH; without padding (D a multiple of WIDTH) only the
+    rows are masked, so that the loads vectorise."""
+    offs = col0 + tl.arange(0, WIDTH)
+    if D % WIDTH == 0:
+        mask = ok[:, None]
+    else:
+        mask = ok[:, None] & (offs[None, :] < D)
+    return tl.load(X + rows[:, None] * D + offs[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _similarity(X, x_q, q, q_ok, cols, cols_ok, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+                DOT: tl.constexpr):
+    """(len q, len cols) fp32 x_q . x_k of query rows q against key rows cols.
+
+    D_PAD == BLOCK_D (d <= 128): one product of the whole-d query tile x_q (loaded once by the caller) and the key
+    tile; the caller's key loop is then the innermost loop, which Triton pipelines. Else the dot accumulates over d
+    chunks of BLOCK_D columns in a run-time loop (the innermost loop, pipelined over its chunks), query and key
+    chunks loaded per chunk (the query chunk from L1 / L2): a whole-d query tile and key tiles pipelined over
+    num_stages would not fit in registers and shared memory at d = 512 or 1024. x_q is unused then."""
+    if D_PAD == BLOCK_D:
+        dots = _mma(x_q, tl.trans(_load_rows(X, cols, cols_ok, 0, D, D_PAD)), None, DOT)
+    else:
+        dots = tl.zeros([q.shape[0], cols.shape[0]], dtype=tl.float32)
+        for c in range(0, D_PAD, BLOCK_D):
+            x_qc = _load_rows(X, q, q_ok, c, D, BLOCK_D)
+            x_kc = _load_rows(X, cols, cols_ok, c, D, BLOCK_D)
+            dots = _mma(x_qc, tl.trans(x_kc), dots, DOT)
+    return dots
+
+
+@triton.jit
+def _query_tile(X, q, q_ok, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The whole-d query tile (len q, D_PAD), loaded once, when the similarity takes one product (d <= 128); else
+    a placeholder (the chunks are loaded inside the key loop)."""
+    if D_PAD == BLOCK_D:
+        x_q = _load_rows(X, q, q_ok, 0, D, D_PAD)
+    else:
+        x_q = tl.zeros([1, 1], dtype=X.dtype.element_ty)
+    return x_q
 
 
 @triton.jit
@@ -256,8 +319,9 @@ def _mp_contrastive_normalize_kernel(Z, X, N, stride_z0, stride_z1, D: tl.conste
 @triton.jit
 def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N, n_rows, offset, keys_per_split,
                                scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
-                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, SINGLE: tl.constexpr,
-                               DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                               BLOCK_D: tl.constexpr, NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr,
+                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr):
     """Rows r of the queries [offset, offset + n_rows) against keys [split * keys_per_split, + keys_per_split).
 
     SINGLE (one split): LOSS, LSE, WSUM (n_rows,) fp32. Else PART (3, splits, n_rows): this split's lse, P, W.
@@ -267,7 +331,7 @@ def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N,
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # local query rows
     rows_ok = rows < n_rows
     q = rows + offset  # global index of the queries
-    x_q = _load_rows(X, q, rows_ok, D, D_PAD)  # (BLOCK_M, D_PAD), loaded once
+    x_q = _query_tile(X, q, rows_ok, D, D_PAD, BLOCK_D)  # (BLOCK_M, D_PAD) loaded once, when d <= BLOCK_D
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 logits
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(logit - m_i)
     pos_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum_a w_ia x_q . x_a
@@ -277,8 +341,7 @@ def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N,
     for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cols_ok = cols < hi
-        x_k = _load_rows(X, cols, cols_ok, D, D_PAD)  # (BLOCK_N, D_PAD)
-        dots = _mma(x_q, tl.trans(x_k), None, DOT)  # (BLOCK_M, BLOCK_N) fp32 x_q . x_k
+        dots = _similarity(X, x_q, q, rows_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)  # (BLOCK_M, BLOCK_N) fp32
         allowed = _allowed(VIEWS, q, rows_ok, cols, cols_ok, HAS_VIEWS)
         logits = tl.where(allowed, dots * scale_log2, float("-inf"))
         # masked through the logits, so that w lives in the dot's register layout (one copy of the tile)
@@ -333,19 +396,32 @@ def _mp_contrastive_merge_kernel(PART, LOSS, LSE, WSUM, n_rows, n_splits, BLOCK:
 @triton.jit
 def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART, N, n_rows, offset, stride_z0,
                                stride_z1, scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
-                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
-                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-                               BLOCK_N: tl.constexpr):
-    """dz of rows [pid * BLOCK_M, + BLOCK_M) of all N rows from G = d loss / d loss_rows (n_rows,) fp32.
+                               BLOCK_D: tl.constexpr, BLOCK_DX: tl.constexpr, NUM_KINDS: tl.constexpr,
+                               HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, SINGLE: tl.constexpr,
+                               DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dz of rows [pid(0) * BLOCK_M, + BLOCK_M) of all N rows from G = d loss / d loss_rows (n_rows,) fp32.
 
-    SINGLE: DZ (N, D) in z's dtype. Else PART (splits, N, D) fp32 gets this split's dx, reduced by
-    ``_mp_contrastive_bwd_reduce_kernel``.
+    Grid (row blocks, key splits, D_PAD // BLOCK_DX): program (r, s, c) owns columns [c * BLOCK_DX, + BLOCK_DX)
+    of dx. SINGLE (one split, one column chunk): DZ (N, D) in z's dtype. Else PART (splits, N, D) fp32 gets this
+    program's part of dx, reduced by ``_mp_contrastive_bwd_reduce_kernel`` (which applies the normalisation's
+    backward, which needs whole rows).
+
+    Why a grid axis over d chunks of dx: the similarity tile needs the whole of d, so whichever way dx is chunked
+    the tile is recomputed once per chunk; the (BLOCK_M, D) fp32 accumulator does not fit in registers past
+    d = 256 (at d = 1024 it is 512 KiB for 128 rows), so it cannot be kept whole while looping over chunks with
+    one probability tile (the alternative, a read-modify-write of a global fp32 accumulator per key tile, moves
+    8 BLOCK_M / BLOCK_N times the bytes of the key tiles through L2: slower than the recomputation). A grid axis
+    and a loop over chunks inside the block do the same FLOPs; the grid axis runs the chunks in parallel (more
+    blocks for the SMs at small N) and carries no state across them.
     """
+    tl.static_assert(D_PAD != BLOCK_D or BLOCK_DX == D_PAD)  # whole-d tiles: one key tile for both products
+    tl.static_assert(not SINGLE or BLOCK_DX == D_PAD)  # the epilogue (normalisation backward) needs whole rows
     split, n_splits = tl.program_id(1), tl.num_programs(1)
+    col0 = tl.program_id(2) * BLOCK_DX  # first column of dx this program owns
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
     rows_ok = rows < N
-    x_a = _load_rows(X, rows, rows_ok, D, D_PAD)  # (BLOCK_M, D_PAD), loaded once
+    x_a = _query_tile(X, rows, rows_ok, D, D_PAD, BLOCK_D)  # (BLOCK_M, D_PAD) loaded once, when d <= BLOCK_D
     g_a, lse_a, c_a = _query_terms(LSE, WSUM, G, rows, rows_ok, offset, n_rows)
     # a block without queries only has the second term, which needs query keys j: visit only those
     has_queries = (row0 < offset + n_rows) & (row0 + BLOCK_M > offset)
@@ -354,12 +430,18 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
     chunk = tl.cdiv(tl.cdiv(hi - lo, n_splits), BLOCK_N) * BLOCK_N
     lo = lo + split * chunk
     hi = tl.minimum(lo + chunk, hi)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)  # sum_j ds_aj x_j
+    acc = tl.zeros([BLOCK_M, BLOCK_DX], dtype=tl.float32)  # sum_j ds_aj x_j, columns [col0, col0 + BLOCK_DX)
     for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         cols_ok = cols < hi
-        x_k = _load_rows(X, cols, cols_ok, D, D_PAD)  # (BLOCK_N, D_PAD)
-        logits = _mma(x_a, tl.trans(x_k), None, DOT) * scale_log2  # (BLOCK_M, BLOCK_N) s_aj in base 2
+        # (BLOCK_N, BLOCK_DX) the operand of the second product, loaded before the similarity's chunk loop so that
+        # its latency hides behind it (whole d when d <= BLOCK_D, the similarity then reading the same tile)
+        x_k = _load_rows(X, cols, cols_ok, col0, D, BLOCK_DX)
+        if D_PAD == BLOCK_D:
+            dots = _mma(x_a, tl.trans(x_k), None, DOT)
+        else:
+            dots = _similarity(X, x_a, rows, rows_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)
+        logits = dots * scale_log2  # (BLOCK_M, BLOCK_N) s_aj in base 2
         allowed = _allowed(VIEWS, rows, rows_ok, cols, cols_ok, HAS_VIEWS)
         w = _positive_weights(IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, NUM_KINDS)
         g_k, lse_k, c_k = _query_terms(LSE, WSUM, G, cols, cols_ok, offset, n_rows)
@@ -371,7 +453,7 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
     if SINGLE:
         _store_input_grad(Z, DZ, rows, rows_ok, dx, stride_z0, stride_z1, D, D_PAD, NORMALIZE)
     else:
-        offs = tl.arange(0, D_PAD)
+        offs = col0 + tl.arange(0, BLOCK_DX)
         tl.store(PART + (split * N + rows[:, None]) * D + offs[None, :], dx,
                  mask=rows_ok[:, None] & (offs[None, :] < D))
 

@@ -101,7 +101,7 @@ def _triton_setup(z: torch.Tensor, normalize: bool, precision: str) -> tuple[tor
         dot = "upcast"  # the interpreter's tl.dot mishandles 16-bit floats (kernels/contrastive_loss.py, _mma)
     else:
         dot = "tf32" if precision == "tf32" else "ieee"
-    return x, {"D": d, "D_PAD": d_pad, "DOT": dot}
+    return x, {"D": d, "D_PAD": d_pad, "BLOCK_D": k.dot_chunk(d_pad), "DOT": dot}
 
 
 def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
@@ -147,16 +147,19 @@ def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, wei
     x, const = _triton_setup(z, normalize, precision)
     n, d = x.shape
     configs = k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
-    n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device))[0]
+    block_dx = k.dx_chunk(const["D_PAD"])
+    d_chunks = const["D_PAD"] // block_dx  # a grid axis over column chunks of dx (d > 128)
+    n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device), row_block_copies=d_chunks)[0]
+    single = n_splits == 1 and d_chunks == 1  # else partial dx in fp32, then the reduction and its epilogue
     dz = torch.empty(n, d, dtype=z.dtype, device=z.device)
-    part = torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device) if n_splits > 1 else dz
+    part = dz if single else torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device)
     views_ptr = views.contiguous() if views is not None else x
-    k._mp_contrastive_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), n_splits)](
+    k._mp_contrastive_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), n_splits, d_chunks)](
         x, z, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, lse, w_sum,
         grad.to(torch.float32).contiguous(), dz, part, n, n_rows, offset, z.stride(0), z.stride(1),
         k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n), NUM_KINDS=ids.shape[0],
-        HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=n_splits == 1, **const)
-    if n_splits > 1:
+        HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=single, BLOCK_DX=block_dx, **const)
+    if not single:
         block = k.rows_per_program(const["D_PAD"])
         k._mp_contrastive_bwd_reduce_kernel[(triton.cdiv(n, block),)](
             part, z, dz, n, n_splits, z.stride(0), z.stride(1), D=d, D_PAD=const["D_PAD"], NORMALIZE=normalize,
