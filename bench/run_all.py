@@ -80,7 +80,8 @@ def markdown(result: dict) -> list[str]:
              *([f"Test suite on this device: {tests['summary']} (exit code {tests['rc']})", ""] if tests else []),
              "| group | benchmark | mean | rate | notes |", "|---|---|---|---|---|"]
     for r in sorted(result["benchmarks"], key=lambda r: (r["group"] or "", r["name"])):
-        rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r if k.endswith("_per_s")), "")
+        rate = next((f"{r[k]:,.0f} {k.replace('_per_s', '')}/s" for k in r
+                     if k.endswith("_per_s") and k != "gb_per_s"), "")  # GB/s is a note, not the rate
         notes = ", ".join(fmt.format(r[k]) for k, fmt in NOTE_KEYS.items() if isinstance(r.get(k), (int, float)))
         lines.append(f"| {r['group']} | {r['name']} | {r['mean_s'] * 1e3:,.1f} ms | {rate} | {notes} |")
     return lines
