@@ -358,25 +358,22 @@ def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_
 
 def test_cells_run_in_worker_processes_give_what_one_process_gives(store_path, checkpoint, tmp_path):
     """Two worker processes give every cell bit for bit as one process does, for the same arithmetic: a cell trained
-    1 epoch on a few patients turns float32 noise (another thread count, the state earlier tests left in the pytest
-    process) into AUROC steps. So the one-process run is made in a fresh interpreter with a worker's share of the
-    cores, and the parent, which computes the frozen features the workers read, uses that share too."""
+    1 epoch on a few patients turns float32 noise (another thread count, floating-point state that earlier tests
+    left in the pytest process) into AUROC steps. So both runs start in a fresh interpreter with a worker's share of
+    the cores: the one-process run, and the parent of the two workers, which computes the frozen features they read.
+    """
     cores = len(os.sched_getaffinity(0))
     kw = {"arms": ("random", "frozen"), "fractions": (50.0,), "epochs": 1, "seeds": 2}
     threads = max(1, cores // 2)  # what each of two workers gets
-    (tmp_path / "one.pkl").write_bytes(pickle.dumps(_config(store_path, tmp_path / "one", checkpoint, **kw)))
     code = ("import pickle, sys, torch; torch.set_num_threads(int(sys.argv[2])); "
             "from ecgfast.eval.run import run_evaluation; "
             "run_evaluation(pickle.loads(open(sys.argv[1], 'rb').read()))")
-    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "one.pkl"), str(threads)],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the parent computes the frozen features the workers read: the same threads
-    try:
-        run_evaluation(_config(store_path, tmp_path / "two", checkpoint, workers=2, **kw))
-    finally:
-        torch.set_num_threads(before)
+    for name, workers in (("one", 1), ("two", 2)):
+        cfg = _config(store_path, tmp_path / name, checkpoint, workers=workers, **kw)
+        (tmp_path / f"{name}.pkl").write_bytes(pickle.dumps(cfg))
+        res = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{name}.pkl"), str(threads)],
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
     for path in sorted((tmp_path / "one" / "cells").glob("*.json")):
         a, b = json.loads(path.read_text()), json.loads((tmp_path / "two" / "cells" / path.name).read_text())
         a.pop("seconds"), b.pop("seconds")
