@@ -20,7 +20,6 @@ The step here is the loop's step without data loading: encoder forward, loss ove
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import statistics
 import sys
@@ -34,7 +33,7 @@ from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ecgfast.nn import MultiPositiveContrastiveLoss
 from ecgfast.pretrain import memory
 from ecgfast.pretrain.gradcache import ChunkedContrastiveStep
-from ecgfast.pretrain.views import row_ids
+from ecgfast.pretrain.views import embedding_loss
 
 GB = 10**9
 CAPACITIES = {"80 GB": 80 * GB, "141 GB": 141 * GB}
@@ -78,7 +77,7 @@ def make_step(model: str, precision: str, segment: int, batch: int, mode: str, c
     patient = ecg // 4
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     if mode == "chunked":
-        cached = ChunkedContrastiveStep(encoder.embed, encoder, loss_fn, chunk, copy.copy(autocast))
+        cached = ChunkedContrastiveStep(encoder.embed, encoder, loss_fn, chunk, autocast)
 
         def step() -> None:
             cached.forward(views, ecg, patient)
@@ -87,8 +86,7 @@ def make_step(model: str, precision: str, segment: int, batch: int, mode: str, c
         def step() -> None:
             with autocast:
                 z = encoder.embed(views.flatten(0, 1))  # (2B, streams, proj_dim)
-            s = z.shape[1]
-            loss_fn(z.float().flatten(0, 1), row_ids(ecg, 2, s), row_ids(patient, 2, s)).backward()
+            embedding_loss(loss_fn, z, ecg, patient).backward()
 
     def run() -> None:
         encoder.zero_grad(set_to_none=True)  # every measured step allocates its gradients anew

@@ -12,7 +12,7 @@ from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ecgfast.nn import MultiPositiveContrastiveLoss
 from ecgfast.ops.configs import VCGAugmentConfig
 from ecgfast.pretrain.loop import ContrastivePretrainer
-from ecgfast.pretrain.views import N_VIEWS, make_views, row_ids
+from ecgfast.pretrain.views import embedding_loss, make_views
 
 SEGMENT = 2500
 
@@ -37,10 +37,8 @@ def make_pretrain_step(model_name: str, device: torch.device, compile_model: boo
         samples, gain, baseline, record, patient = batch
         views = views_of(samples, gain, baseline, offset)
         with autocast:
-            z = (model_fwd or fwd)(views.flatten(0, 1)).float().flatten(0, 1)
-        streams = z.shape[0] // (N_VIEWS * samples.shape[0])
-        loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, streams), row_ids(patient.to(device), N_VIEWS, streams))
-        loss.backward()
+            z = (model_fwd or fwd)(views.flatten(0, 1))  # (2B, streams, proj_dim)
+        embedding_loss(loss_fn, z, record.to(device), patient.to(device)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..models.temporalnet import running_stats_frozen
-from .views import N_VIEWS, row_ids
+from .views import N_VIEWS, embedding_loss
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -124,15 +124,13 @@ class ChunkedContrastiveStep:
         if total:  # running statistics: the mean of the chunks' updates, applied once
             torch._foreach_mul_(total, 1.0 / len(bounds))
             torch._foreach_copy_(self._stats, total)
-        z = torch.cat(parts, dim=1)  # (2, B, streams, proj_dim)
-        n_streams = z.shape[2]
-        z = z.flatten(0, 2).requires_grad_()  # rows (view, ecg, stream), a leaf of the loss's graph only
-        loss = self.loss_fn(z, row_ids(ecg_ids, N_VIEWS, n_streams), row_ids(patient_ids, N_VIEWS, n_streams))
+        z = torch.cat(parts, dim=1).requires_grad_()  # (2, B, streams, proj_dim), a leaf of the loss's graph only
+        loss = embedding_loss(self.loss_fn, z, ecg_ids, patient_ids)
         # d loss / d z; under DDP the gather's backward returns the other ranks' terms to these rows
         if loss.requires_grad:  # into z only; not autograd.grad, which module hooks (a FLOP counter) refuse
             loss.backward(inputs=[z])
         grad = z.grad if z.grad is not None else torch.zeros_like(z)
-        self._pending = (views, bounds, states, grad.view(N_VIEWS, batch, n_streams, -1), _rng_state(device))
+        self._pending = (views, bounds, states, grad, _rng_state(device))
         return loss.detach()
 
     def backward(self) -> None:

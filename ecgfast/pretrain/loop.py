@@ -46,9 +46,9 @@ from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weigh
 from .config import TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
-from .memory import plan_memory
+from .memory import device_capacity, plan_memory
 from .provenance import pretraining_provenance
-from .views import N_VIEWS, make_views, row_ids
+from .views import embedding_loss, make_views
 
 log = logging.getLogger("ecgfast.train")
 RUN_MARKERS = ("config.toml", "metrics.csv", "checkpoints")  # what makes a folder a run folder of ecgfast-train
@@ -170,8 +170,11 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     provenance = pretraining_provenance(store, ["train"], train_rows)
 
     # memory: measured per ECG, predicted for this step, the mode chosen before the first step (ecgfast.pretrain.memory)
+    capacity = torch.tensor([device_capacity(device)], dtype=torch.int64, device=device)
+    if world > 1:  # every rank must choose the same mode and chunk: plan for the least free memory of any rank
+        dist.all_reduce(capacity, op=dist.ReduceOp.MIN)
     plan = plan_memory(config.model, "bf16" if use_bf16 else "fp32", segment, rank_batch, config.memory,
-                       config.memory_chunk, device)
+                       config.memory_chunk, device, capacity=int(capacity))
     if rank == 0:
         log.info("batch: %d ECGs per step over %d rank%s: %d per rank", config.batch_size, world,
                  "s" * (world > 1), rank_batch)
@@ -251,10 +254,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             else:
                 with autocast:
                     z = step_model(views.flatten(0, 1))  # (2B, 2 streams, proj_dim)
-                z = z.float().flatten(0, 1)  # rows (view, ecg, stream)
-                n_streams = z.shape[0] // (N_VIEWS * b)
-                loss = loss_fn(z, row_ids(record.to(device), N_VIEWS, n_streams),
-                               row_ids(patient.to(device), N_VIEWS, n_streams))
+                loss = embedding_loss(loss_fn, z, record.to(device), patient.to(device))
 
             # the step counts only if its loss and the BatchNorm statistics its forward updated are finite (a huge
             # input can give running_var = inf under a finite loss); on device, so the step synchronises once
@@ -272,8 +272,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                     for t, s in zip(buffers, saved, strict=True):
                         t.copy_(s)
                 optimizer.zero_grad(set_to_none=True)
-                if metrics is not None:
-                    metrics.flush()  # the rows of earlier steps first
+                if metrics is not None:  # written at once, after the pending rows of earlier steps
                     metrics.write(step=step, epoch=epoch, loss=value, lr=None, grad_norm=None, ecgs_per_s=None,
                                   skipped=skipped)
                 if nonfinite > config.max_nonfinite:

@@ -13,6 +13,8 @@ stream embeddings, which are interlead views of each other. Every row carries th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -63,4 +65,14 @@ def row_ids(ids: torch.Tensor, n_views: int, n_streams: int) -> torch.Tensor:
     return ids.repeat(n_views).repeat_interleave(n_streams)
 
 
-__all__ = ["N_VIEWS", "make_views", "row_ids", "view_windows"]
+def embedding_loss(loss_fn: Callable[..., torch.Tensor], z: torch.Tensor, ecg_ids: torch.Tensor,
+                   patient_ids: torch.Tensor) -> torch.Tensor:
+    """The contrastive loss of one step's embeddings: ``z`` (2B, streams, proj_dim) or (2, B, streams, proj_dim),
+    views first, as float32 rows (view, ecg, stream), each with its ECG and patient id (``ecg_ids``, ``patient_ids``
+    (B,)): ``loss_fn(rows, ecg_row_ids, patient_row_ids)``."""
+    n_streams = z.shape[-2]
+    rows = z.float().reshape(-1, z.shape[-1])  # (2 * B * streams, proj_dim)
+    return loss_fn(rows, row_ids(ecg_ids, N_VIEWS, n_streams), row_ids(patient_ids, N_VIEWS, n_streams))
+
+
+__all__ = ["N_VIEWS", "embedding_loss", "make_views", "row_ids", "view_windows"]
