@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         losses = summary["losses"] or [float("nan")]
         print(f"ecgfast-train: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
               f"{summary['ecgs_per_s']:.1f} ECGs/s; checkpoint {summary['checkpoint']}")
+        for line in summary["monitor"]:  # is it learning: the probes and the effective rank now vs at step 0
+            print(f"ecgfast-train: {line}")
     return EXIT_OK
 
 

@@ -47,6 +47,7 @@ from .config import TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
 from .memory import device_capacity, plan_memory
+from .monitor import PretrainMonitor
 from .provenance import pretraining_provenance
 from .views import embedding_loss, make_views
 
@@ -222,9 +223,15 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(to_toml(config))
-    metrics = _MetricsLog(out / "metrics.csv", truncate_after=step if resume else 0) if rank == 0 else None
-    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     view_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    # is it learning? validation ECGs measured at step 0, every monitor_every steps and at the end (rank 0 only)
+    monitor = PretrainMonitor.for_run(store, config, segment, device, autocast, view_dtype) if rank == 0 else None
+    metrics = (_MetricsLog(out / "metrics.csv", truncate_after=step if resume else 0,
+                           extra=monitor.fields if monitor is not None else ()) if rank == 0 else None)
+    first = monitor.start(encoder, step, out / "metrics.csv") if monitor is not None else None
+    if first is not None:
+        metrics.write(**first)
+    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     losses: list[float] = []
     t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
 
@@ -297,9 +304,12 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                 now = time.perf_counter()
                 measured = ecgs_per_s = ecgs_since / (now - t_last)
                 t_last, ecgs_since = now, 0
+            watched = monitor.maybe(encoder, step, total_steps) if monitor is not None else {}
+            t_last += watched.get("monitor_s", 0.0)  # the monitor's time is not training throughput
             if metrics is not None:  # grad_norm stays on the device until the row is written: no sync here
                 metrics.write(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0],
-                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True)
+                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True,
+                              **watched)
                 if logging_step:
                     metrics.flush()
             bar.update(1)
@@ -320,13 +330,16 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
         if owns_group:
             dist.destroy_process_group()  # an undestroyed group can abort the process at exit
     return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
-            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch}
+            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch,
+            "monitor": monitor.report_lines() if monitor is not None else []}
 
 
 class _MetricsLog:
     """metrics.csv (and TensorBoard where installed). On resume, rows after the checkpoint's step are dropped.
 
-    One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips;
+    One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips; the
+    ``extra`` columns (the monitor's) are filled on the steps that measure them, and a row of step 0 holds the
+    monitor's values before training (no loss);
     ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``).
     A row written with ``defer`` may hold device tensors (the gradient norm): it is kept until :meth:`flush`, which
     reads them all at once, so that logging synchronises with the device every ``log_every`` steps, not every step.
@@ -334,13 +347,14 @@ class _MetricsLog:
 
     FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
 
-    def __init__(self, path: Path, truncate_after: int):
+    def __init__(self, path: Path, truncate_after: int, extra: tuple[str, ...] = ()):
         rows = []
         if truncate_after > 0 and path.exists():
             with open(path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= truncate_after]
         self.file = open(path, "w", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.extra = tuple(extra)
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS + self.extra, restval="", extrasaction="ignore")
         self.writer.writeheader()
         self.writer.writerows(rows)
         self.file.flush()
@@ -367,8 +381,8 @@ class _MetricsLog:
             row = {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
             self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
             if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "ecgs_per_s"):
-                    if row[k] is not None and math.isfinite(row[k]):
+                for k in ("loss", "lr", "grad_norm", "ecgs_per_s", *self.extra):
+                    if isinstance(row.get(k), float) and math.isfinite(row[k]):
                         self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
         self.pending.clear()
         self.file.flush()
