@@ -44,12 +44,14 @@ class LinearProbe:
         return self.model.decision_function(np.asarray(x, dtype=np.float64))
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, l2: float, balanced: bool = False, max_iter: int = MAX_ITER) -> Pipeline:
+def fit_probe(x: np.ndarray, y: np.ndarray, l2: float, balanced: bool = False, max_iter: int = MAX_ITER,
+              tol: float = TOL) -> Pipeline:
     """``StandardScaler`` + ``LogisticRegression(C=1 / (l2 n))`` fitted on (x (N, D), y (N,)); scikit-learn's
-    ``ConvergenceWarning`` is silenced here because the caller reads the iteration count instead."""
+    ``ConvergenceWarning`` is silenced here because the caller reads the iteration count instead. A looser ``tol``
+    is for a quick look (the pretraining monitor), not for the evaluation's arms."""
     c = 1.0 / (l2 * len(y))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced" if balanced else None,
-                                                               max_iter=max_iter, tol=TOL))
+                                                               max_iter=max_iter, tol=tol))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(np.asarray(x, dtype=np.float64), np.asarray(y))

@@ -14,7 +14,8 @@
   ECGs, averaged over the two views and the streams. Lower is better for both; a collapse has alignment 0 and
   uniformity 0.
 - ``probe_<label>``: where the validation ECGs carry labels, a cross-validated linear-probe AUROC per label: the
-  probe of :mod:`ecgfast.eval.probe` with a fixed penalty (:data:`PROBE_L2`, so that steps compare), out-of-fold
+  probe of :mod:`ecgfast.eval.probe` with a fixed penalty (:data:`PROBE_L2`, so that steps compare) and
+  scikit-learn's default tolerance (:data:`PROBE_TOL`: a look, not the evaluation's converged fit), out-of-fold
   scores over :data:`FOLDS` folds grouped by patient, pooled. At most :data:`MAX_LABELS` labels, those with the
   most patients of their rarer class; a label needs :data:`MIN_CLASS_PATIENTS` patients of each class in the sample.
 - ``monitor_s``: the seconds the measurement took (the loop leaves them out of its throughput).
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
+from threadpoolctl import threadpool_limits
 
 from ..data.store import ECGStore
 from ..data.windows import segment_starts, usable
@@ -50,6 +52,7 @@ log = logging.getLogger("ecgfast.train")
 
 VIEW_OFFSET = 1 << 40  # the monitor's augmentation counter: far past any training batch's, the same at every step
 PROBE_L2 = 0.01  # the probe's per-sample penalty on standardised features (ecgfast.eval.probe), fixed across steps
+PROBE_TOL = 1e-4  # scikit-learn's default tolerance: AUROC to two decimals at a tenth of the evaluation's cost
 FOLDS = 5  # cross-validation folds of the probe (fewer when a class has fewer patients)
 MAX_LABELS = 8  # labels probed at most
 MIN_CLASS_PATIENTS = 3  # patients of each class a label needs in the sample to be probed
@@ -89,7 +92,7 @@ def probe_auroc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int, fol
     for train, test in split.split(x, y, groups):
         if len(np.unique(y[train])) < 2:
             return float("nan")
-        scores[test] = fit_probe(x[train], y[train], l2).decision_function(x[test])
+        scores[test] = fit_probe(x[train], y[train], l2, tol=PROBE_TOL).decision_function(x[test])
     return float(roc_auc_score(y, scores))
 
 
@@ -181,10 +184,11 @@ class PretrainMonitor:
         out = {"rankme": rankme(reps, center=True),
                "alignment": alignment(z[0].flatten(0, 1), z[1].flatten(0, 1)),  # pairs: (view 1, view 2) per stream
                "uniformity": float(np.mean([uniformity(z[v, :, k]) for v in range(2) for k in range(n_streams)]))}
-        for name, y in self.labels.items():
-            known = np.isfinite(y)
-            out[f"probe_{name}"] = probe_auroc(reps[known], y[known].astype(int), self.patients[known],
-                                               self.config.seed)
+        with threadpool_limits(1):  # fits of a few hundred rows: BLAS threads only fight the training's threads
+            for name, y in self.labels.items():
+                known = np.isfinite(y)
+                out[f"probe_{name}"] = probe_auroc(reps[known], y[known].astype(int), self.patients[known],
+                                                   self.config.seed)
         out["monitor_s"] = round(time.perf_counter() - t0, 3)
         if step == 0:
             self.first = dict(out)
