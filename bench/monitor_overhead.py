@@ -3,6 +3,7 @@
     python bench/monitor_overhead.py                        # the embedded default: synthetic corpus, tiny model
     python bench/monitor_overhead.py --recipe ptbxl-subset --store runs/ptbxl/store --max-steps 60
     python bench/monitor_overhead.py --repeats 3 --markdown bench/results/monitor-overhead-<date>.md
+    python bench/monitor_overhead.py --threads 1           # on a machine shared with other work (see below)
 
 For each setting the same pretraining runs with the monitor at its defaults (``monitor_every``, ``monitor_ecgs`` of
 :class:`ecgfast.pretrain.config.TrainConfig`) and with ``monitor_every 0``, alternately, ``--repeats`` times each.
@@ -11,6 +12,10 @@ Two estimates of the share, which should agree:
 - from the monitored runs alone: the monitor's own seconds (``monitor_s`` in metrics.csv, summed) over the rest of
   the run; on a machine shared with other work this is the steadier one, both parts being timed under the same load;
 - the difference of the median wall times, on minus off, over off.
+
+On a CPU shared with other processes, torch's threads spin-wait for busy cores and a training step slows far more
+than the monitor's single-threaded probe fits: ``--threads 1`` times both parts with one thread, so that a load
+slows them alike. The table gives the load average while it ran.
 
 ``--max-steps`` shortens a run; the share is then also extrapolated to the run's full length (its epochs), from the
 measured seconds per step and per measurement and the number of measurements the default cadence makes there
@@ -23,6 +28,7 @@ import argparse
 import csv
 import datetime
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -80,9 +86,11 @@ def measure(name: str, overrides: dict, base: dict | None, repeats: int) -> dict
 
 def markdown(rows: list[dict], command: str, repeats: int) -> str:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    lines = [f"# The pretraining monitor's cost ({datetime.date.today()}, {device}, torch {torch.__version__})", "",
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"# The pretraining monitor's cost ({datetime.date.today()}, {device}, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} thread(s))", "",
              f"Command: `{command}`; median of {repeats} runs each with the monitor at its defaults and off, "
-             "alternately.", "",
+             f"alternately. Load average at the end (1 / 5 / 15 min): {load} on {os.cpu_count()} cores.", "",
              "| run | steps | full run | measurements (every) | wall off | wall on | per step | per measurement | "
              "share: own seconds | share: on - off | share of the full run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -101,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, help="shorten each run (the share is extrapolated to the full run)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--markdown", help="also write the table to this file")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.recipe:
         if not args.store:
             p.error("--recipe needs --store, the recipe's prepared store")

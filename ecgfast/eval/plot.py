@@ -18,9 +18,9 @@ from .report import ARM_ORDER, GAINS, task_title
 ARM_COLORS = {"random": "tab:gray", "random-features": "tab:green", "frozen": "tab:blue", "finetuned": "tab:orange"}
 
 
-def _line(ax, r: pd.DataFrame, y: str, lo: str, hi: str, color: str, label: str) -> None:
-    """One arm's (or gain's) means against fraction, its interval as a band, hollow where not judged."""
-    ax.plot(r["fraction"], r[y], color=color, label=label)
+def _line(ax, r: pd.DataFrame, y: str, lo: str, hi: str, color: str, label: str, style: str = "-") -> None:
+    """One arm's (or gain's, dashed) means against fraction, its interval as a band, hollow where not judged."""
+    ax.plot(r["fraction"], r[y], color=color, label=label, linestyle=style)
     judged = r["judged"].to_numpy(bool)
     ax.scatter(r["fraction"][judged], r[y][judged], color=color, zorder=3, s=18)
     ax.scatter(r["fraction"][~judged], r[y][~judged], facecolors="white", edgecolors=color, zorder=3, s=18)
@@ -42,8 +42,8 @@ def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
     n_rows = 2 if gains else 1
     cols = min(len(tasks), 3)
     blocks = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(n_rows * blocks, cols, figsize=(4.6 * cols, 3.4 * n_rows * blocks + 0.7),
-                             squeeze=False)
+    width = max(4.6 * cols, 8.0)  # room for the legend and the note with a single task
+    fig, axes = plt.subplots(n_rows * blocks, cols, figsize=(width, 3.4 * n_rows * blocks + 1.0), squeeze=False)
     for i, task in enumerate(tasks):
         block = summary[summary["task"] == task]
         fractions = sorted(block["fraction"].unique())
@@ -60,7 +60,7 @@ def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
             low = axes[(i // cols) * n_rows + 1, i % cols]
             for arm in gains:
                 r = block[block["arm"] == arm].sort_values("fraction")
-                _line(low, r, "gain_mean", "gain_lo", "gain_hi", ARM_COLORS[arm], f"{arm} - {GAINS[arm]}")
+                _line(low, r, "gain_mean", "gain_lo", "gain_hi", ARM_COLORS[arm], f"{arm} - {GAINS[arm]}", "--")
             low.axhline(0.0, color="black", linewidth=0.6)
             low.set_ylabel("gain in test AUROC")
             panels.append(low)
@@ -81,11 +81,11 @@ def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
-    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False,
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 3), frameon=False,
                bbox_to_anchor=(0.5, 1.0))
-    fig.text(0.5, 0.005, f"{band}; hollow markers: no seed could be judged (mean over all seeds)", ha="center",
-             fontsize=8)
-    fig.tight_layout(rect=(0, 0.02, 1, 0.94))
+    fig.text(0.5, 0.005, f"{band}; hollow: no seed could be judged (mean over all seeds)", ha="center", fontsize=8)
+    top = 1 - 0.75 / fig.get_figheight()  # the legend's two rows
+    fig.tight_layout(rect=(0, 0.03, 1, top))
     path = Path(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)
