@@ -32,9 +32,10 @@ from ecgfast.data.windows import segment_starts
 from ecgfast.eval.cli import embed_main, main
 from ecgfast.eval.config import ARMS, EvalConfig
 from ecgfast.eval.embed import encode_records, record_segments
+from ecgfast.eval.plot import task_title
 from ecgfast.eval.probe import select_probe
 from ecgfast.eval.protocol import Evaluator, batches
-from ecgfast.eval.report import auroc, bootstrap_auroc, seed_interval, summarize, task_title, weighted_auroc
+from ecgfast.eval.report import auroc, bootstrap_auroc, seed_interval, summarize, weighted_auroc
 from ecgfast.eval.run import run_evaluation
 from ecgfast.eval.tasks import EvalError, load_task, patient_labels, sample_fractions
 from ecgfast.models.temporalnet import DualStreamTemporalNet, ECGClassifier, temporalnet_config

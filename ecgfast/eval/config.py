@@ -21,6 +21,7 @@ ARMS = ("random", "random-features", "frozen", "finetuned")
 END_TO_END_ARMS = ("random", "finetuned")  # the whole classifier trains, under the step rule
 FEATURE_ARMS = ("random-features", "frozen")  # a linear probe on an encoder's cached features
 CHECKPOINT_ARMS = ("frozen", "finetuned")  # need a pretrained encoder
+GAINS = {"frozen": "random-features", "finetuned": "random"}  # arm -> its control: what the gain is measured against
 FROZEN_HEADS = ("probe", "adam")
 DEFAULT_FRACTIONS = (1.0, 5.0, 10.0, 50.0, 100.0)
 VAL_SOURCES = ("carved", "store")
@@ -117,4 +118,4 @@ class EvalConfig:
 
 
 __all__ = ["ARMS", "BUDGETS", "Budget", "CHECKPOINT_ARMS", "DEFAULT_FRACTIONS", "END_TO_END_ARMS", "EvalConfig",
-           "FEATURE_ARMS", "FROZEN_HEADS", "VAL_SOURCES"]
+           "FEATURE_ARMS", "FROZEN_HEADS", "GAINS", "VAL_SOURCES"]

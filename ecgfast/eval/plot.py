@@ -1,5 +1,5 @@
 """The figure of an evaluation: test AUROC against label fraction per arm (top row), and the gains of
-:data:`ecgfast.eval.report.GAINS` with their intervals (bottom row), one column per task.
+:data:`ecgfast.eval.config.GAINS` with their intervals (bottom row), one column per task.
 
 A fraction where no seed could be judged is drawn with a hollow marker (its mean is over all seeds, as the table's
 "not judged"); a cap-stopped seed is not drawn differently here: the table names those.
@@ -13,7 +13,34 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .report import ARM_ORDER, GAINS, task_title
+from .config import ARMS as ARM_ORDER
+from .config import GAINS
+
+#: Names in words of the labels ecgfast knows (SNOMED-CT codes of the CinC challenges, PTB-XL statements), for plots.
+TASK_NAMES = {
+    "NORM": "normal ECG", "MI": "myocardial infarction", "STTC": "ST/T change", "CD": "conduction disturbance",
+    "HYP": "hypertrophy", "AFIB": "atrial fibrillation", "CLBBB": "complete LBBB", "CRBBB": "complete RBBB",
+    "IRBBB": "incomplete RBBB", "LAFB": "left anterior fascicular block", "1AVB": "first-degree AV block",
+    "LVH": "left ventricular hypertrophy", "PVC": "ventricular ectopics", "PAC": "atrial ectopics",
+    "STACH": "sinus tachycardia", "SBRAD": "sinus bradycardia", "SR": "sinus rhythm", "IMI": "inferior MI",
+    "ASMI": "anteroseptal MI", "AMI": "anterior MI",
+    "164889003": "atrial fibrillation", "164890007": "atrial flutter", "426783006": "sinus rhythm",
+    "270492004": "first-degree AV block", "164909002": "LBBB", "59118001": "RBBB", "713427006": "complete RBBB",
+    "284470004": "premature atrial contraction", "427172004": "premature ventricular contraction",
+    "164934002": "T-wave abnormal", "59931005": "T-wave inversion", "426177001": "sinus bradycardia",
+    "427084000": "sinus tachycardia", "39732003": "left axis deviation", "164873001": "LVH",
+    "251146004": "low QRS voltage", "10370003": "pacing rhythm", "164917005": "Q wave abnormal",
+    "low_ef": "low-EF-like phenotype (synthetic)", "hyperk": "hyperkalemia-like phenotype (synthetic)",
+    "af": "atrial fibrillation (synthetic)",
+}
+
+
+def task_title(task: str) -> str:
+    """``task`` with its name in words where ecgfast knows the code: ``dx:164889003 (atrial fibrillation)``."""
+    code = task.split(":", 1)[-1]
+    name = TASK_NAMES.get(code)
+    return f"{task} ({name})" if name and name != task else task
+
 
 ARM_COLORS = {"random": "tab:gray", "random-features": "tab:green", "frozen": "tab:blue", "finetuned": "tab:orange"}
 
@@ -92,4 +119,4 @@ def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["ARM_COLORS", "plot_auroc_vs_fraction"]
+__all__ = ["ARM_COLORS", "TASK_NAMES", "plot_auroc_vs_fraction", "task_title"]

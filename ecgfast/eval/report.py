@@ -10,9 +10,9 @@
   single seed there is no spread to measure and that seed's patient-bootstrap interval stands in, labelled so.
 - :func:`summarize` gives one row per (task, fraction, arm) with the mean over the usable seeds, its interval, how
   many seeds were usable and how many stopped at the cap, and the gain of each arm over its control
-  (:data:`GAINS`: ``frozen - random-features``, what pretraining put into the representation; ``finetuned -
-  random``, what it buys end to end), paired by seed (the same seed draws the same labelled patients for every arm,
-  so the difference per seed removes the draw's luck). A seed is usable when its draw can be judged
+  (:data:`ecgfast.eval.config.GAINS`: ``frozen - random-features``, what pretraining put into the representation;
+  ``finetuned - random``, what it buys end to end), paired by seed (the same seed draws the same labelled patients
+  for every arm, so the difference per seed removes the draw's luck). A seed is usable when its draw can be judged
   (:func:`ecgfast.eval.tasks.judge_cell`, the same for every arm); where no seed is, the mean over all seeds is
   shown and marked "not judged".
 - :func:`markdown_table` and :func:`protocol_notes` make summary.md; the plot is :mod:`ecgfast.eval.plot`.
@@ -30,34 +30,9 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from .config import ARMS as ARM_ORDER
+from .config import GAINS
 from .tasks import MIN_CLASS_PATIENTS, MIN_VAL_AUROC_LEVELS
-
-ARM_ORDER = ("random", "random-features", "frozen", "finetuned")
-GAINS = {"frozen": "random-features", "finetuned": "random"}  # arm -> the control its gain is measured against
-#: Names in words of the labels ecgfast knows (SNOMED-CT codes of the CinC challenges, PTB-XL statements), for plots.
-TASK_NAMES = {
-    "NORM": "normal ECG", "MI": "myocardial infarction", "STTC": "ST/T change", "CD": "conduction disturbance",
-    "HYP": "hypertrophy", "AFIB": "atrial fibrillation", "CLBBB": "complete LBBB", "CRBBB": "complete RBBB",
-    "IRBBB": "incomplete RBBB", "LAFB": "left anterior fascicular block", "1AVB": "first-degree AV block",
-    "LVH": "left ventricular hypertrophy", "PVC": "ventricular ectopics", "PAC": "atrial ectopics",
-    "STACH": "sinus tachycardia", "SBRAD": "sinus bradycardia", "SR": "sinus rhythm", "IMI": "inferior MI",
-    "ASMI": "anteroseptal MI", "AMI": "anterior MI",
-    "164889003": "atrial fibrillation", "164890007": "atrial flutter", "426783006": "sinus rhythm",
-    "270492004": "first-degree AV block", "164909002": "LBBB", "59118001": "RBBB", "713427006": "complete RBBB",
-    "284470004": "premature atrial contraction", "427172004": "premature ventricular contraction",
-    "164934002": "T-wave abnormal", "59931005": "T-wave inversion", "426177001": "sinus bradycardia",
-    "427084000": "sinus tachycardia", "39732003": "left axis deviation", "164873001": "LVH",
-    "251146004": "low QRS voltage", "10370003": "pacing rhythm", "164917005": "Q wave abnormal",
-    "low_ef": "low-EF-like phenotype (synthetic)", "hyperk": "hyperkalemia-like phenotype (synthetic)",
-    "af": "atrial fibrillation (synthetic)",
-}
-
-
-def task_title(task: str) -> str:
-    """``task`` with its name in words where ecgfast knows the code: ``dx:164889003 (atrial fibrillation)``."""
-    code = task.split(":", 1)[-1]
-    name = TASK_NAMES.get(code)
-    return f"{task} ({name})" if name and name != task else task
 
 
 def auroc(y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -156,7 +131,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     Columns: n_seeds, n_usable (seeds whose cell can be judged), judged (any usable seed: the statistics are over
     the usable seeds, else over all and marked), mean, lo, hi (clipped to [0, 1]), interval ("t over seeds", or
     "bootstrap" with one seed), boot_lo and boot_hi (per-seed patient-bootstrap bounds averaged over seeds),
-    n_cap (seeds stopped at the cap), gain_vs (the control of :data:`GAINS`), gain_mean, gain_lo, gain_hi (the arm
+    n_cap (seeds stopped at the cap), gain_vs (the control of ``GAINS``), gain_mean, gain_lo, gain_hi (the arm
     minus its control, paired by seed, t-interval; NaN without the control), and the first seed's patient counts.
     """
     rows = []
@@ -211,7 +186,7 @@ def _entry(row: pd.Series, cols: tuple[str, str, str], signed: bool = False, cap
 
 def markdown_table(summary: pd.DataFrame) -> str:
     """Task x fraction rows: the first seed's train / val patients (positive ones), the usable seeds, one column per
-    arm ("mean [lo, hi]", flagged "cap k/n" or "not judged"), then one column per gain of :data:`GAINS`."""
+    arm ("mean [lo, hi]", flagged "cap k/n" or "not judged"), then one column per gain of ``GAINS``."""
     arms = [a for a in ARM_ORDER if a in set(summary["arm"])]
     gains = [a for a in GAINS if a in arms and GAINS[a] in arms]
     header = ["task", "labels", "train / val patients (positive)", "usable seeds", *arms,
@@ -311,5 +286,5 @@ def _arm_key(col: pd.Series) -> pd.Series:
     return col.map({a: i for i, a in enumerate(ARM_ORDER)}) if col.name == "arm" else col
 
 
-__all__ = ["ARM_ORDER", "GAINS", "TASK_NAMES", "auroc", "bootstrap_auroc", "markdown_table", "protocol_notes",
-           "seed_interval", "summarize", "task_title", "weighted_auroc", "write_reports"]
+__all__ = ["auroc", "bootstrap_auroc", "markdown_table", "protocol_notes", "seed_interval", "summarize",
+           "weighted_auroc", "write_reports"]
