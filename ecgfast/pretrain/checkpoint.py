@@ -250,4 +250,5 @@ def load_state(path: str | os.PathLike) -> dict:
 
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "STATE_KEYS", "check_checkpoint", "find_checkpoint",
-           "load_state", "load_weights", "non_finite_tensors", "remove_stale_temporaries", "resolve_checkpoint", "save_checkpoint"]
+           "load_state", "load_weights", "non_finite_tensors", "remove_stale_temporaries", "resolve_checkpoint",
+           "save_checkpoint"]

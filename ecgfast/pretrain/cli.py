@@ -12,9 +12,9 @@ import errno
 import logging
 import signal
 import sys
-from pathlib import Path
 import types
 import typing
+from pathlib import Path
 
 from ..ops.configs import ContrastiveLossConfig, VCGAugmentConfig
 from .config import (
