@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder, record, .npy file, ptbxl-subset folder, or synthetic[:N_PATIENTS]")
     p.add_argument("--out", required=True, help="the store folder to write (new, empty, or made by ecgfast-prepare)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="source format (default: detect)")
-    p.add_argument("--fs", type=float, default=500.0, help="store sampling rate, Hz (default 500)")
+    p.add_argument("--fs", type=float, help="store sampling rate, Hz (default: the sources' own rate where they all "
+                   "have one, such as PTB-XL's records100/ or an array; else 500)")
     p.add_argument("--seconds", type=float, default=10.0, help="store record length, s (default 10)")
     p.add_argument("--min-seconds", type=float, default=5.0, help="reject records shorter than this (default 5)")
     p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass, Hz")
@@ -57,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hash split: shares of train, val, test (default 0.8 0.1 0.1)")
     p.add_argument("--split-seed", type=int, help="hash split: seed of the patient hash (default 0)")
     p.add_argument("--patients", help="CSV with columns record_id, patient_id: one id space across all sources")
-    p.add_argument("--rate", type=int, choices=(100, 500), help="PTB-XL: which files to read (default 500 Hz)")
+    p.add_argument("--rate", type=int, choices=(100, 500), help="PTB-XL: which files to read (default: 500 Hz where "
+                   "records500/ is there, else 100)")
     arrays = p.add_argument_group(".npy sources and ptbxl-subset folders")
     arrays.add_argument("--array-fs", type=float, help="its sampling rate, Hz")
     arrays.add_argument("--array-leads", help="comma-separated lead names of its L axis (default I,II,V1..V6)")
@@ -101,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "label_columns": _names(args.label_columns), "meta_columns": _names(args.meta_columns),
                    "split_column": args.split_column}
         readers = [open_source(s, args.format, patient_map=patient_map, **options) for s in args.sources]
-        config = PreprocessConfig(fs=args.fs, seconds=args.seconds, min_seconds=args.min_seconds,
-                                  bandpass=tuple(args.bandpass) if args.bandpass else None, notch=args.notch,
-                                  max_abs_mv=args.max_abs_mv)
+        config = PreprocessConfig(fs=args.fs or _store_rate(readers), seconds=args.seconds,
+                                  min_seconds=args.min_seconds, notch=args.notch, max_abs_mv=args.max_abs_mv,
+                                  bandpass=tuple(args.bandpass) if args.bandpass else None)
         method = "column" if args.split_column else args.split_by
         given = {name for name, value in (("fractions", args.split_fractions), ("seed", args.split_seed),
                                           ("folds", args.val_folds or args.test_folds)) if value is not None}
@@ -121,6 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 4 if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else 2
     print(f"ecgfast-prepare: {report.summary()}; report in {Path(args.out) / 'prepare_report.md'}")
     return 0 if report.accepted else 1
+
+
+def _store_rate(readers: list) -> float:
+    """The store rate when --fs is not given: the sources' one native rate, else 500 Hz (METHOD.md)."""
+    rates = {getattr(r, "native_fs", None) for r in readers}
+    if len(rates) == 1 and None not in rates:
+        fs = float(rates.pop())
+        logging.getLogger("ecgfast.prepare").info("store rate: %g Hz, the rate of the files read (--fs to change it)",
+                                                  fs)
+        return fs
+    return 500.0
 
 
 if __name__ == "__main__":
