@@ -414,3 +414,52 @@ def test_store_open_compares_shard_sizes_with_store_json(tmp_path):
         ECGStore(out)
     shard.write_bytes(good)
     assert len(ECGStore(out, verify=True)) == 4
+
+
+# ---- issue 20 (12): settings refused before any folder exists; a full disk -----------------------------------
+
+
+@pytest.mark.parametrize(("flags", "match"), [
+    (["--seconds", "0.001"], "seconds (the store's record length) must be in"),
+    (["--seconds", "1e9"], "seconds (the store's record length) must be in"),
+    (["--fs", "1"], "fs must be in [50, 10000] Hz"),
+    (["--fs", "100000"], "fs must be in [50, 10000] Hz"),
+    (["--split-by", "strat_fold", "--split-fractions", "0.7", "0.2", "0.1"], "--split-fractions would be ignored"),
+    (["--split-by", "strat_fold", "--split-seed", "4"], "--split-seed would be ignored"),
+    (["--split-by", "hash", "--test-folds", "3"], "--val-folds/--test-folds would be ignored"),
+    (["--split-fractions", "0.9", "0.2", "0.1"], "sum to 1"),
+])
+def test_settings_errors_are_one_line_exit_2_before_any_folder(tmp_path, capsys, flags, match):
+    src = tmp_path / "src"
+    _good(src, 2)
+    out = tmp_path / "new" / "store"
+    assert prepare_main([str(src), "--out", str(out), "--quiet", "--workers", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.startswith("ecgfast-prepare: error:") and err.count("\n") == 1, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_full_disk_is_one_line_exit_4_nothing_half_written_and_the_rerun_finishes(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "src"
+    _good(src, 5)
+    out = tmp_path / "store"
+    real = np.save
+    calls = {"n": 0}
+
+    def full_after_one_shard(f, arr, *a, **k):
+        calls["n"] += 1
+        if calls["n"] >= 2:  # the second shard: the disk is full half-way through its bytes
+            f.write(b"\x93NUMPY partial")
+            raise OSError(28, "No space left on device")
+        return real(f, arr, *a, **k)
+
+    monkeypatch.setattr(store_module.np, "save", full_after_one_shard)
+    code = prepare_main([str(src), "--out", str(out), "--quiet", "--workers", "1", "--shard-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 4 and "No space left on device" in err and "shards/00001.npy" in err, err
+    assert err.count("\n") == 1
+    names = {p.name for p in (out / "shards").iterdir()}
+    assert names == {"00000.npy"} and not (out / "store.json").exists()  # no temporary, no half shard
+    monkeypatch.setattr(store_module.np, "save", real)
+    assert prepare_main([str(src), "--out", str(out), "--quiet", "--workers", "1", "--shard-size", "2"]) == 0
+    assert len(ECGStore(out, verify=True)) == 5

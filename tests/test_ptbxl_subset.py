@@ -87,7 +87,7 @@ def test_array_with_labels_csv_prepares_a_z_store_split_by_fold(tmp_path, subset
     rc = prepare_main([str(subset / "signals_100hz.npy"), "--labels", str(subset / "labels.csv"),
                     "--record-id-column", "ecg_id", "--split-column", "strat_fold", "--array-fs", "100",
                     "--array-leads", ",".join(LEADS12), "--units", "z", "--out", str(out), "--quiet",
-                    "--workers", "1"])
+                    "--workers", "1", "--fs", "500"])
     assert rc == 0 and "20 accepted" in capsys.readouterr().out
     store = ECGStore(out, verify=True)
     assert store.units == "z" and json.loads((out / "store.json").read_text())["units"] == "z"
@@ -106,7 +106,7 @@ def test_array_with_labels_csv_prepares_a_z_store_split_by_fold(tmp_path, subset
     assert np.abs(store.read_mv([3])[0] - ref).max() <= 0.51 / store.gain[3] + 1e-5
 
     detected = tmp_path / "detected"
-    assert prepare_main([str(subset), "--out", str(detected), "--quiet", "--workers", "1"]) == 0
+    assert prepare_main([str(subset), "--out", str(detected), "--quiet", "--workers", "1", "--fs", "500"]) == 0
     other = ECGStore(detected, verify=True)
     assert other.units == "z" and set(other.manifest["patient_ns"]) == {"ptbxl-subset"}
     pd.testing.assert_frame_equal(store.manifest.drop(columns=["patient_ns", "source"]),

@@ -122,6 +122,35 @@ def test_ptbxl_reader_and_items_pickle(ptbxl):
     np.testing.assert_allclose(rec.signal, signals[1][100][:, ORDER].T, atol=WFDB_ATOL)
 
 
+def test_a_ptbxl_folder_with_only_records100_prepares_with_no_flags_at_100_hz(ptbxl, tmp_path, caplog, capsys):
+    """Issue 22: the 100 Hz files alone (PTB-XL's records100/, as ../shared's ptbxl-mini ships them) are found,
+    read and said so; the store's rate follows them; the split is PTB-XL's strat_fold (9 val, 10 test)."""
+    import shutil
+
+    from ecgfast.data.store import ECGStore
+    from ecgfast.prepare.cli import main as prepare_main
+
+    root, _ = ptbxl
+    shutil.rmtree(root / "records500")
+    db = pd.read_csv(root / "ptbxl_database.csv")
+    db.loc[db["ecg_id"] == 2, "patient_id"] = 99.0  # the fixture's patient 15709 sits in folds 3 and 10
+    db.to_csv(root / "ptbxl_database.csv", index=False)
+    with caplog.at_level("INFO"):
+        assert prepare_main([str(root), "--out", str(tmp_path / "store"), "--workers", "1"]) == 0
+    assert "only records100/ is there" in caplog.text and "store rate: 100 Hz" in caplog.text
+    store = ECGStore(tmp_path / "store")
+    assert store.fs == 100.0 and store.n_samples == 1000 and len(store) == 2  # ptbxl-3 and ptbxl-4 are rejects
+    assert list(store.manifest["split"]) == ["train", "test"]  # folds 3 and 10
+    # asking for the absent 500 Hz files names the folder that is there and the flag
+    capsys.readouterr()
+    assert prepare_main([str(root), "--out", str(tmp_path / "s500"), "--rate", "500"]) == 2
+    err = capsys.readouterr().err
+    assert "no records500/" in err and "--rate 100" in err and not (tmp_path / "s500").exists()
+    # --fs still wins
+    assert prepare_main([str(root), "--out", str(tmp_path / "s250"), "--workers", "1", "--fs", "250"]) == 0
+    assert ECGStore(tmp_path / "s250").fs == 250.0
+
+
 def test_ptbxl_errors(tmp_path, ptbxl):
     with pytest.raises(FileNotFoundError, match="ptbxl_database.csv"):
         PTBXLReader(tmp_path / "nowhere")

@@ -105,6 +105,39 @@ def test_open_refuses_an_inconsistent_store(store_path, damage, match):
         ECGStore(store_path)
 
 
+@pytest.mark.parametrize(("column", "value", "rule"), [
+    ("gain", 0.0, "finite number > 0"), ("gain", float("nan"), "finite number > 0"), ("gain", -3.0, "> 0"),
+    ("baseline", 1e12, "int16"), ("baseline", float("inf"), "int16"),
+    ("valid_length", 5001, "[1, 5000]"), ("valid_length", 0, "[1, 5000]"), ("valid_length", 2.5, "integer"),
+    ("fs_source", 0.0, "rate > 0"),
+    ("labels", '{"y": 2}', "label 'y' is 2"), ("labels", '{"y": -1}', "label 'y' is -1"),
+    ("labels", '{"y": Infinity}', "label 'y' is inf"), ("labels", '{"y": [1, 0]}', "label 'y' is [1, 0]"),
+    ("labels", '{"y": "1"}', "label 'y' is '1'"), ("labels", "[1]", "not a JSON object"),
+    ("labels", "{y: 1", "not valid JSON"),
+])
+def test_open_and_verify_refuse_manifest_values_no_prepare_writes(store_path, column, value, rule):
+    """Attack of issue 20 (9): a manifest edited (or damaged) into values that would read as garbage or crash
+    later. Opening refuses it, naming the column, the record and the rule; verify too."""
+    m = pd.read_parquet(store_path / "manifest.parquet")
+    if isinstance(value, float) and m[column].dtype.kind in "iu":  # an integer column made float to hold it
+        m[column] = m[column].astype(np.float64)
+    m.loc[7, column] = value
+    m.to_parquet(store_path / "manifest.parquet")
+    for verify in (False, True):
+        with pytest.raises(StoreError, match="column") as info:
+            ECGStore(store_path, verify=verify)
+        msg = str(info.value)
+        assert f"column {column!r}, record {m['record_id'].iat[7]!r}" in msg and rule in msg and "\n" not in msg
+
+
+def test_null_and_nan_labels_mean_unknown_and_are_accepted(store_path):
+    m = pd.read_parquet(store_path / "manifest.parquet")
+    m.loc[3, "labels"], m.loc[4, "labels"] = '{"y": null}', '{"y": NaN}'
+    m.to_parquet(store_path / "manifest.parquet")
+    y = ECGStore(store_path).label("y")
+    assert np.isnan(y[3]) and np.isnan(y[4]) and np.isin(y[[0, 1, 2]], (0.0, 1.0)).all()
+
+
 def test_verify_catches_a_flipped_sample(store_path):
     mm = np.load(store_path / "shards" / "00001.npy", mmap_mode="r+")
     mm[3, 2, 100] ^= 1

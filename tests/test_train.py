@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ecgfast.data.store import ECGStore
 from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ecgfast.pretrain import cli, loop
 from ecgfast.pretrain import views as views_mod
@@ -25,6 +26,7 @@ from ecgfast.pretrain.checkpoint import find_checkpoint, load_weights
 from ecgfast.pretrain.config import SYNTHETIC_DEFAULTS, ConfigError, TrainConfig, load_config, to_toml
 from ecgfast.pretrain.corpus import synthetic_store
 from ecgfast.pretrain.monitor import VIEW_OFFSET
+from ecgfast.pretrain.provenance import load_provenance
 
 TINY = {**SYNTHETIC_DEFAULTS, "synthetic_patients": 40, "batch_size": 8, "workers": 0, "progress": False,
         "log_every": 1, "seed": 3}
@@ -61,9 +63,14 @@ def test_pretrain_on_the_synthetic_default_learns_and_saves(tmp_path):
     rows = _rows(tmp_path / "run")
     assert rows[0]["ecgs_per_s"] and float(rows[0]["ecgs_per_s"]) > 0
     assert all(r["ecgs_per_s"] != "nan" for r in rows)
-    # the checkpoint says what it was pretrained on: this store's train split, by hash, no ids
-    prov = json.loads((ckpt / "provenance.json").read_text())
-    assert prov["splits"] == ["train"] and len(prov["patients_sha256"]) == 64 and prov["n_patients"] > 0
+    # the checkpoint says what it was pretrained on: this store's train split, as keyed hashes, no ids
+    prov = load_provenance(ckpt)
+    source = prov.info["sources"][0]
+    assert source["splits"] == ["train"] and source["n_patients"] > 0 and len(prov.salt) == 32
+    assert len(prov.patient_keys) == source["n_patients"] and len(prov.record_keys) == source["n_records"]
+    store = ECGStore(synthetic_store(40, 3))
+    text = (ckpt / "provenance.json").read_text()
+    assert not any(f'"{p}"' in text for p in store.patient_ids)
 
 
 def test_memory_modes_give_the_plain_runs_losses_and_are_logged(tmp_path, caplog):
@@ -221,7 +228,7 @@ def test_an_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys)
     (other / "thesis.tex").write_text("precious")
     capsys.readouterr()
     assert cli.main(args[:-1] + [str(other), "--overwrite"]) == 2
-    assert "not a pretraining run" in capsys.readouterr().err and (other / "thesis.tex").read_text() == "precious"
+    assert "not an ecgfast-train run" in capsys.readouterr().err and (other / "thesis.tex").read_text() == "precious"
 
 
 def test_resume_with_nothing_to_resume_is_an_error(tmp_path, capsys):
@@ -229,7 +236,7 @@ def test_resume_with_nothing_to_resume_is_an_error(tmp_path, capsys):
             "--model", "tiny", "--out", str(tmp_path / "empty"), "--resume"]
     assert cli.main(args) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err
-    assert not (tmp_path / "empty" / "metrics.csv").exists()
+    assert not (tmp_path / "empty").exists()  # the folder this failed command made is gone again
 
 
 def test_bad_input_gets_a_clear_error_and_exit_code(tmp_path, capsys):
@@ -257,7 +264,8 @@ def test_bad_input_gets_a_clear_error_and_exit_code(tmp_path, capsys):
     assert cli.main(args + ["--model", "tiny"]) == 0
     capsys.readouterr()
     assert cli.main(args + ["--model", "small", "--resume", "--max-steps", "2"]) == 2
-    assert "another model shape" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--resume refused" in err and "model: 'tiny' -> 'small'" in err, err
 
 
 @pytest.mark.parametrize(("toml", "match"), [

@@ -39,6 +39,10 @@ from .record import SIGNAL_UNITS, ECGRecord, RecordError, RejectReason
 INT16_MAX = 32766  # one below the int16 limit, so rounding of the baseline can never clip
 
 
+FS_RANGE = (50.0, 10_000.0)  # store rates ecgfast accepts, Hz
+SECONDS_RANGE = (1.0, 600.0)  # store record lengths ecgfast accepts, s
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How records become store rows. Defaults: 500 Hz, 10 s, no filters.
@@ -84,9 +88,18 @@ class PreprocessConfig:
         return self.max_abs_z if self.units == "z" else self.max_abs_mv
 
     def __post_init__(self) -> None:
-        if not all(math.isfinite(v) for v in (self.fs, self.seconds, self.min_seconds)) \
-                or self.fs <= 0 or self.seconds <= 0 or self.min_seconds < 0:
-            raise ValueError(f"fs, seconds must be > 0 and min_seconds >= 0, got {self}")
+        if not all(math.isfinite(v) for v in (self.fs, self.seconds, self.min_seconds)):
+            raise ValueError(f"fs, seconds and min_seconds must be finite numbers, got {self.fs}, {self.seconds}, "
+                             f"{self.min_seconds}")
+        # an ECG store: QRS content reaches ~40 Hz (so at least 50 Hz), high-resolution ECG ~10 kHz; a record of
+        # 1 s to 10 min (a 10 s ECG is 80 kB at 500 Hz; 10 min at 10 kHz would already be 96 MB a record)
+        if not FS_RANGE[0] <= self.fs <= FS_RANGE[1]:
+            raise ValueError(f"fs must be in [{FS_RANGE[0]:g}, {FS_RANGE[1]:g}] Hz, got {self.fs:g}")
+        if not SECONDS_RANGE[0] <= self.seconds <= SECONDS_RANGE[1]:
+            raise ValueError(f"seconds (the store's record length) must be in [{SECONDS_RANGE[0]:g}, "
+                             f"{SECONDS_RANGE[1]:g}], got {self.seconds:g}")
+        if self.min_seconds < 0:
+            raise ValueError(f"min_seconds must be >= 0, got {self.min_seconds:g}")
         if self.units not in SIGNAL_UNITS:
             raise ValueError(f"units must be one of {SIGNAL_UNITS}, got {self.units!r}")
         if not (self.max_abs_mv > 0 and self.max_abs_z > 0 and self.flat_mv >= 0 and self.flat_z >= 0):

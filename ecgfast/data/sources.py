@@ -91,7 +91,7 @@ def open_source(source: str, fmt: str = "auto", patient_map: dict[str, str] | No
     if fmt == "ptbxl":
         from .readers.ptbxl import PTBXLReader
 
-        return PTBXLReader(source, rate=int(options.get("rate") or 500))
+        return PTBXLReader(source, rate=int(options["rate"]) if options.get("rate") else None)
     if fmt == "mimic":
         from .readers.mimic import MIMICECGReader
 

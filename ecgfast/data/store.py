@@ -87,19 +87,25 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path in the same folder; if the block succeeds, make it durable and rename it onto
     ``path``: fsync the file, ``os.replace``, fsync the folder. A crash or power cut at any point leaves either
     the old ``path`` or the complete new one, never a half-written or zero-length file under the final name.
-    The temporary (``.<name>.<random>.tmp``) is removed when the block fails."""
+    The temporary (``.<name>.<random>.tmp``) is removed when the block fails. An ``OSError`` of the disk (full,
+    read-only, quota) is raised again as one that names ``path``: a write error carries no file name of its own."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         give_usual_mode(tmp)  # mkstemp makes 0600 files
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -122,6 +128,24 @@ def write_shard(path: str | os.PathLike, samples: np.ndarray) -> int:
 
 def shard_name(index: int) -> str:
     return f"shards/{index:05d}.npy"
+
+
+def _label_problem(text: object) -> str:
+    """What is wrong with one manifest ``labels`` cell, or "" when nothing is."""
+    if not isinstance(text, str):
+        return "not JSON text"
+    try:
+        labels = json.loads(text)
+    except ValueError:
+        return "not valid JSON"
+    if not isinstance(labels, dict):
+        return "not a JSON object"
+    for name, value in labels.items():
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and (value in (0, 1) or value != value))  # value != value: NaN, unknown
+        if not ok:
+            return f"label {name!r} is {value!r}"
+    return ""
 
 
 class ECGStore:
@@ -228,8 +252,46 @@ class ECGStore:
             raise StoreError(f"{where}: row index beyond its shard's size")
         if len(m) != sizes.sum() or pd.Series(shard * (1 << 32) + row).duplicated().any():
             raise StoreError(f"{where}: manifest rows do not map one-to-one onto the {sizes.sum()} shard rows")
+        self._check_values()
         self._patient_keys = patient_keys(m["patient_id"], m["patient_ns"] if "patient_ns" in m.columns else None)
         check_patient_disjoint(self._patient_keys, m["split"], where=str(where))
+
+    def _check_values(self) -> None:
+        """Refuse manifest values no prepare run writes (an edited or damaged manifest): vectorised over the
+        numeric columns, and over the distinct label strings (few, whatever the store's size).
+
+        Raises:
+            StoreError: naming the column, the first offending record and how many there are.
+        """
+        m, where = self.manifest, self.path / "manifest.parquet"
+
+        def refuse(column: str, bad: np.ndarray, rule: str) -> None:
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raise StoreError(f"{where}: column {column!r}, record {m['record_id'].iat[first]!r}: "
+                                 f"{m[column].iat[first]!r} ({int(bad.sum())} record(s) break the rule: {rule})")
+
+        def numbers(column: str) -> np.ndarray:
+            values = pd.to_numeric(m[column], errors="coerce").to_numpy(np.float64)
+            refuse(column, np.isnan(values) & m[column].notna().to_numpy(), "a number")
+            return values
+
+        gain, baseline = numbers("gain"), numbers("baseline")
+        refuse("gain", ~(np.isfinite(gain) & (gain > 0)), "a finite number > 0: adc units per unit")
+        refuse("baseline", ~(np.isfinite(baseline) & (np.abs(baseline) <= 32768)), "a finite int16 adc value")
+        valid = numbers("valid_length")
+        refuse("valid_length", ~((valid >= 1) & (valid <= self.n_samples) & (valid == np.round(valid))),
+               f"an integer in [1, {self.n_samples}], the store's record length")
+        fs_source = numbers("fs_source")
+        refuse("fs_source", ~(np.isfinite(fs_source) & (fs_source > 0)), "a finite rate > 0 Hz")
+        if m["split"].isna().any() or not m["split"].isin(SPLITS).all():
+            refuse("split", ~m["split"].isin(SPLITS).to_numpy(), f"one of {SPLITS}")
+        labels = m["labels"]
+        for text in pd.unique(labels):
+            problem = _label_problem(text)
+            if problem:
+                refuse("labels", (labels == text).to_numpy() if isinstance(text, str) else labels.isna().to_numpy(),
+                       f"a JSON object of labels 0 or 1 (or null, NaN: unknown); {problem}")
 
     def __len__(self) -> int:
         return len(self.manifest)

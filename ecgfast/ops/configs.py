@@ -96,7 +96,7 @@ class ContrastiveLossConfig:
         ValueError: a value out of range, named (in ``__post_init__``).
     """
 
-    temperature: float = 0.1  # tau > 0: similarities are cos / tau (METHOD.md: 0.1)
+    temperature: float = 0.1  # tau in [0.01, 100]: similarities are cos / tau (METHOD.md: 0.1)
     weights: tuple[float, ...] | None = None  # per id-kind weights lambda_k >= 0, one per id vector (None: all 1)
     # (a list or tensor is accepted and stored as a tuple)
     normalize: bool = True  # L2-normalise the embeddings first (False when the model already did)
@@ -106,8 +106,10 @@ class ContrastiveLossConfig:
 
     def __post_init__(self) -> None:
         t = self.temperature
-        if not _number(t) or not 0 < t < math.inf:
-            raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+        # below 0.01 a logit cos / tau exceeds 100 and the bf16 products' rounding (2^-9 of cos) moves it by more
+        # than 0.2: the loss's precision contract no longer holds; above 100 every pair looks alike
+        if not _number(t) or not 0.01 <= t <= 100:
+            raise ValueError(f"temperature must be a number in [0.01, 100], got {t!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         for name in ("normalize", "gather"):

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -67,21 +68,43 @@ class SplitConfig:
     val_folds: tuple[int, ...] = (9,)
     test_folds: tuple[int, ...] = (10,)
     column: str = "strat_fold"
+    given: frozenset[str] = frozenset()  # settings the user set ("fractions", "seed", "folds"): refused if unused
 
     def __post_init__(self) -> None:
         if self.method not in SPLIT_METHODS:
             raise ValueError(f"unknown split method {self.method!r}; use one of {SPLIT_METHODS}")
+        if len(self.fractions) != 3 or not all(math.isfinite(f) and f >= 0 for f in self.fractions) \
+                or not math.isclose(sum(self.fractions), 1.0, abs_tol=1e-6) or self.fractions[0] <= 0:
+            raise ValueError(f"split fractions (train, val, test) must be >= 0, sum to 1 and give train a share, "
+                             f"got {list(self.fractions)}")
+        if set(self.val_folds) & set(self.test_folds):
+            raise ValueError(f"folds {sorted(set(self.val_folds) & set(self.test_folds))} are both val and test folds")
 
     def resolve(self, readers: Sequence[Reader]) -> SplitConfig:
-        """This config with "auto" and "strat_fold" turned into "hash" or "column"."""
+        """This config with "auto" and "strat_fold" turned into "hash" or "column".
+
+        Raises:
+            ValueError: a setting the user gave that the resolved method ignores (fractions or a split seed for a
+                column split, folds for a hash split): silently unused, it would make another split than asked.
+        """
         if self.method == "strat_fold":
-            return dataclasses.replace(self, method="column", column="strat_fold")
-        if self.method != "auto":
-            return self
-        columns = {getattr(r, "default_split_column", None) for r in readers}
-        if len(columns) == 1 and None not in columns:
-            return dataclasses.replace(self, method="column", column=columns.pop())
-        return dataclasses.replace(self, method="hash")
+            resolved = dataclasses.replace(self, method="column", column="strat_fold")
+        elif self.method != "auto":
+            resolved = self
+        else:
+            columns = {getattr(r, "default_split_column", None) for r in readers}
+            resolved = (dataclasses.replace(self, method="column", column=columns.pop())
+                        if len(columns) == 1 and None not in columns else dataclasses.replace(self, method="hash"))
+        unused = {"column": ("fractions", "seed"), "hash": ("folds",)}[resolved.method]
+        ignored = [name for name in unused if name in self.given]
+        if ignored:
+            flags = ", ".join({"fractions": "--split-fractions", "seed": "--split-seed",
+                               "folds": "--val-folds/--test-folds"}[n] for n in ignored)
+            how = (f"comes from the column {resolved.column!r}" if resolved.method == "column"
+                   else "is a hash of patient ids (--split-by hash)")
+            raise ValueError(f"{flags} would be ignored: this split {how}; leave {flags} out, or choose "
+                             f"--split-by {'hash' if resolved.method == 'column' else 'strat_fold'}")
+        return resolved
 
 
 # ---- planning ----------------------------------------------------------------------------------------------
@@ -300,7 +323,8 @@ def _finalize(out: Path, n_shards: int, report: PrepareReport, dupes: list[dict]
     info = {"format": FORMAT, "version": VERSION, "leads": list(LEADS), "fs": config.fs,
             "n_samples": config.n_samples, "dtype": "int16", "units": config.units, "n_records": len(manifest),
             "shards": [{"file": shard_name(p["shard"]), "n": p["n"], "bytes": p["bytes"]} for p in parts],
-            "preprocess": config.to_dict(), "split": dataclasses.asdict(split),
+            "preprocess": config.to_dict(),
+            "split": {k: v for k, v in dataclasses.asdict(split).items() if k != "given"},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json_atomic(out / "store.json", info)  # last: the store is complete
     store_folder.finish(out)

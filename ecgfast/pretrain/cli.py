@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
+import signal
 import sys
 import types
 import typing
+from pathlib import Path
 
 from ..ops.configs import ContrastiveLossConfig, VCGAugmentConfig
 from .config import (
@@ -25,7 +28,8 @@ from .config import (
     load_config,
 )
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED = 0, 2, 3
+EXIT_OK, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE = 0, 2, 3, 4
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _add_flag(p: argparse.ArgumentParser, name: str, annotation: object, default: object, text: str) -> None:
@@ -51,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Contrastive pretraining of a dual-stream TemporalNet on an ECG store; defaults are the paper's "
                     "recipe. With no --store it makes a synthetic corpus and pretrains a tiny model on it (minutes on "
                     "a laptop CPU): then " + ", ".join(f"{k}={v}" for k, v in SYNTHETIC_DEFAULTS.items()) +
-                    " replace the defaults shown below (flags still override). Exit codes: 0 done, 2 bad input, "
-                    "3 the loss kept diverging.",
+                    " replace the defaults shown below (flags still override). --resume continues the run in --out "
+                    "with its own settings (its config.toml); flags may change only its length, logging and system "
+                    "settings. Exit codes: 0 done, 2 bad input (settings, store, run folder, checkpoint), 3 the loss "
+                    "kept diverging, 4 the disk is full (the last checkpoint stays intact).",
         epilog="examples:\n  ecgfast-train\n  ecgfast-train --store stores/mimic --out runs/mimic\n"
                "  torchrun --nproc_per_node 8 -m ecgfast.pretrain --store stores/mimic --out runs/mimic\n"
                "  ecgfast-train --config runs/mimic/config.toml --lr 3e-4 --out runs/mimic-lr3e-4\n"
@@ -64,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    full=PAPER_SAVED_MB_PER_ECG["full"], ckpt=PAPER_SAVED_MB_PER_ECG["checkpoint"]),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="TOML file of settings ([augment] and [loss] tables for those); flags override it")
-    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint in --out, with "
+                   "the run's settings (flags may change only max-steps, epochs, logging, checkpoints, workers, "
+                   "device, memory, compile)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     classes = {None: TrainConfig, "augment": VCGAugmentConfig, "loss": ContrastiveLossConfig}
     helps = {section: field_help(cls) for section, cls in classes.items()}
@@ -79,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ecgfast-train``. Exit codes: 0 done, 2 bad input, 3 loss kept diverging."""
+    """Entry point of ``ecgfast-train``. Exit codes: 0 done, 2 bad input, 3 loss kept diverging, 4 disk full."""
     args = vars(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config_path, resume, overwrite = args.pop("config"), args.pop("resume"), args.pop("overwrite")
     try:
+        if resume and config_path is None:  # the run's own settings, then the flags given now
+            saved = Path(args.get("out") or TrainConfig.out) / "config.toml"
+            config_path = str(saved) if saved.is_file() else None
         base = SYNTHETIC_DEFAULTS if not (args.get("store") or _store_in(config_path)) else None
         config = load_config(config_path, overrides=args, base=base)
     except (ConfigError, OSError) as exc:
@@ -92,24 +103,37 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data.splits import SplitError
     from ..data.store import StoreError
+    from ..folder_lock import FolderBusyError
     from .checkpoint import CheckpointError
     from .loop import NonFiniteLossError, pretrain
 
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # cleanup code runs; the last checkpoint stays whole
     try:
         summary = pretrain(config, resume=resume, overwrite=overwrite)
-    except (StoreError, SplitError, CheckpointError, ValueError, OSError) as exc:
+    except (StoreError, SplitError, CheckpointError, FolderBusyError, ValueError) as exc:
         print(f"ecgfast-train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"ecgfast-train: error: {exc}", file=sys.stderr)
+        return EXIT_NO_SPACE if exc.errno in _NO_SPACE else EXIT_BAD_INPUT
     except NonFiniteLossError as exc:
         print(f"ecgfast-train: stopped: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if summary["checkpoint"]:
-        losses = summary["losses"] or [float("nan")]
-        print(f"ecgfast-train: {summary['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
-              f"{summary['ecgs_per_s']:.1f} ECGs/s; checkpoint {summary['checkpoint']}")
+        losses = summary["losses"]
+        rate = f", {summary['ecgs_per_s']:.1f} ECGs/s" if summary["ecgs_per_s"] else ""
+        what = (f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "nothing left to train")
+        print(f"ecgfast-train: {summary['steps']} steps, {what}{rate}; checkpoint {summary['checkpoint']}")
         for line in summary["monitor"]:  # is it learning: the probes and the effective rank now vs at step 0
             print(f"ecgfast-train: {line}")
     return EXIT_OK
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's stop, torchrun's teardown) as an exception, so that temporaries are removed."""
+    raise SystemExit(128 + signum)
 
 
 def _store_in(config_path: str | None) -> bool:
@@ -120,8 +144,8 @@ def _store_in(config_path: str | None) -> bool:
     try:
         with open(config_path, "rb") as f:
             return bool(tomllib.load(f).get("store"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{config_path}: not valid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{config_path}: not valid TOML (UTF-8 text): {exc}") from exc
 
 
 if __name__ == "__main__":

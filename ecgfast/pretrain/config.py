@@ -86,6 +86,8 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be >= 1 (or unset for the epochs' steps), got {self.max_steps}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.workers < 0 or self.max_nonfinite < 0:
             raise ConfigError(f"workers and max_nonfinite must be >= 0, got {self.workers}, {self.max_nonfinite}")
         if self.monitor_every < 0:
@@ -207,8 +209,8 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML (UTF-8 text): {exc}") from exc
         for key, value in data.items():
             if key in SECTIONS:
                 if not isinstance(value, dict):

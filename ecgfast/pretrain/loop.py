@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import os
-import shutil
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,29 +38,34 @@ from tqdm.auto import tqdm
 
 from ..data.loader import make_input
 from ..data.sampler import PatientBatchSampler
-from ..data.store import ECGStore
+from ..data.store import ECGStore, atomic_path
 from ..data.windows import usable
 from ..models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ..nn import MultiPositiveContrastiveLoss
-from .checkpoint import CheckpointError, find_checkpoint, load_state, load_weights, save_checkpoint
-from .config import TrainConfig, to_dict, to_toml
+from .checkpoint import (
+    STATE_KEYS,
+    CheckpointError,
+    find_checkpoint,
+    load_state,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from .config import ConfigError, TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
 from .memory import device_capacity, plan_memory
 from .monitor import PretrainMonitor
-from .provenance import pretraining_provenance
+from .provenance import Provenance, load_provenance, merge, pretraining_provenance, store_fingerprint
+from .resume import check_resume
+from .run_folder import RunFolderError, claim_run_folder, record_history
 from .views import embedding_loss, make_views
 
 log = logging.getLogger("ecgfast.train")
-RUN_MARKERS = ("config.toml", "metrics.csv", "checkpoints")  # what makes a folder a run folder of ecgfast-train
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss stayed NaN/Inf for more consecutive steps than ``max_nonfinite``."""
-
-
-class RunFolderError(ValueError):
-    """``--out`` exists and holds a run (or anything else) that this command would overwrite."""
 
 
 class ContrastivePretrainer(torch.nn.Module):
@@ -92,60 +97,71 @@ def _distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def prepare_run_folder(out: Path, resume: bool, overwrite: bool) -> None:
-    """Make ``out`` ready for a fresh run, or check it for ``resume``.
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """The training device: ``name`` checked (``cpu``, ``cuda``, ``cuda:N`` of a GPU that exists), or by default
+    this rank's GPU where CUDA is available, else the CPU.
 
     Raises:
-        RunFolderError: ``out`` is a file; it holds a run and neither ``resume`` nor ``overwrite`` is given; or
-            ``overwrite`` is asked of a non-empty folder that is not a run folder (nothing is deleted then).
+        ConfigError: not a device name, a device type ecgfast does not train on, or a GPU that is not there.
     """
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--out {out} is a file, not a folder")
-    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise RunFolderError(f"--out {out} lies inside {blocking}, which is a file")
-    if resume or not out.exists() or not any(out.iterdir()):
-        return
-    is_run = any((out / m).exists() for m in RUN_MARKERS)
-    if not overwrite:
-        what = "a pretraining run" if is_run else "files that are not a pretraining run"
-        raise RunFolderError(f"--out {out} already holds {what}: pass --resume to continue it, --overwrite to "
-                             "replace it, or choose another --out")
-    if not is_run:
-        raise RunFolderError(f"--out {out} is not empty and is not a pretraining run (no {', '.join(RUN_MARKERS)}): "
-                             "refusing to delete it with --overwrite")
-    for marker in RUN_MARKERS:
-        path = out / marker
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    if name is None:
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r}: ecgfast trains on cpu or cuda")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: no CUDA GPU is visible here (torch {torch.__version__}); use cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
+    return device
 
 
 def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run pretraining as configured. Returns a summary: losses per step, steps, checkpoint, ECGs/s.
 
+    Rank 0 holds the run folder's lock for the whole run (:mod:`ecgfast.pretrain.run_folder`).
+
     Raises:
+        ConfigError: a device that does not exist (before any folder is created).
         StoreError / SplitError: missing, corrupt or patient-mixing store.
         CheckpointError: ``resume`` with no intact checkpoint, or one of another model shape.
-        RunFolderError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        ResumeError: ``resume`` with settings or a store that change what the run trains on (named).
+        RunFolderError: ``out`` holds a run and neither ``resume`` nor ``overwrite`` is given, or is not a run.
+        FolderBusyError: another process is writing ``out``.
+        CheckpointWriteError: a checkpoint could not be written (disk full...): the previous one is intact.
         ValueError: an impossible batch for the sampler or the world size, or bad settings.
         NonFiniteLossError: the loss kept being NaN/Inf.
     """
     owns_group = not (dist.is_available() and dist.is_initialized())  # a group made here is destroyed here
     rank, world, local_rank = _distributed()
-    device = torch.device(config.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(config.device, local_rank)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch and must split evenly over the "
+                         f"{world} ranks")
+    with ExitStack() as stack:
+        if rank == 0:  # the one writer of the run folder, locked until the run ends
+            stack.enter_context(claim_run_folder(Path(config.out), resume, overwrite))
+            remove_stale_temporaries(config.out)
+        return _pretrain(config, resume, device, rank, world, local_rank, owns_group)
+
+
+def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int, world: int, local_rank: int,
+              owns_group: bool) -> dict:
+    """The run itself, in a run folder that rank 0 holds."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     use_bf16 = config.bf16 if config.bf16 is not None else device.type == "cuda"
     use_compile = config.compile if config.compile is not None else device.type == "cuda"
-    if config.batch_size % world:
-        raise ValueError(f"batch_size {config.batch_size} is the global batch and must split evenly over the "
-                         f"{world} ranks")
+    precision = "bf16" if use_bf16 else "fp32"
     rank_batch = config.batch_size // world
     torch.manual_seed(config.seed + rank)
     out = Path(config.out)
-    if rank == 0:
-        prepare_run_folder(out, resume, overwrite)
 
     # data: the train split only, records that hold a segment; validation and test patients are never seen here
     if not config.store and rank == 0:
@@ -158,6 +174,9 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                          "scaling assume mV with the leads' true ratios; pass --no-spatial (ZeroMask, intersegment "
                          "and interlead views remain)")
     segment = config.segment or round(5 * store.fs)  # 5 s, the encoder's window in METHOD.md
+    if segment > store.n_samples:
+        raise ValueError(f"segment {segment} samples is longer than {store.path}'s records ({store.n_samples} "
+                         f"samples at {store.fs:g} Hz)")
     train_rows = store.split_indices("train")
     ok = usable(store.valid_length[train_rows], segment)
     if not ok.all() and rank == 0:
@@ -167,15 +186,35 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]
     sampler = PatientBatchSampler(store.patient_ids[train_rows], rank_batch, config.k_per_patient,
                                   seed=config.seed, rank=rank, world_size=world, indices=train_rows)
+
+    # resume: the newest intact checkpoint, and only with the settings and store the run was begun with
+    ckpt, state, provenance, changes = None, None, None, {}
+    if resume:
+        ckpt = find_checkpoint(out, STATE_KEYS)
+        if ckpt is None:
+            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (checkpoints/ckpt-*); "
+                                  "leave out --resume to start a new run")
+        state = load_state(ckpt)
+        try:
+            saved = json.loads((ckpt / "config.json").read_text())
+            previous = load_provenance(ckpt)
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt}: {exc}") from exc
+        fingerprint = store_fingerprint(store)
+        changes = check_resume(saved, to_dict(config), state.get("precision"), precision, previous, fingerprint)
+        salt = previous.salt if isinstance(previous, Provenance) else None
+        provenance = merge(previous if isinstance(previous, Provenance) else None,
+                           pretraining_provenance(store, ["train"], train_rows, salt))
+    else:
+        provenance = pretraining_provenance(store, ["train"], train_rows)
     loader = make_input(store, sampler, patient_codes, backend=config.loader, device=device, workers=config.workers)
-    provenance = pretraining_provenance(store, ["train"], train_rows)
 
     # memory: measured per ECG, predicted for this step, the mode chosen before the first step (ecgfast.pretrain.memory)
     capacity = torch.tensor([device_capacity(device)], dtype=torch.int64, device=device)
     if world > 1:  # every rank must choose the same mode and chunk: plan for the least free memory of any rank
         dist.all_reduce(capacity, op=dist.ReduceOp.MIN)
-    plan = plan_memory(config.model, "bf16" if use_bf16 else "fp32", segment, rank_batch, config.memory,
-                       config.memory_chunk, device, capacity=int(capacity))
+    plan = plan_memory(config.model, precision, segment, rank_batch, config.memory, config.memory_chunk, device,
+                       capacity=int(capacity))
     if rank == 0:
         log.info("batch: %d ECGs per step over %d rank%s: %d per rank", config.batch_size, world,
                  "s" * (world > 1), rank_batch)
@@ -205,41 +244,44 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
     float_buffers = [b for b in buffers if b.is_floating_point()]
 
     step, position, nonfinite, skipped = 0, 0, 0, 0  # position: batches consumed, skipped ones included
-    if resume:
-        ckpt = find_checkpoint(out)
-        if ckpt is None:
-            raise CheckpointError(f"--resume: {out} holds no checkpoint to resume from (checkpoints/ckpt-*); "
-                                  "leave out --resume to start a new run")
+    if ckpt is not None:
         load_weights(encoder, ckpt)
-        state = load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        step, position, skipped = int(state["step"]), int(state["position"]), int(state["skipped"])
-        log.info("resumed from %s at step %d", ckpt.name, step)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"])
+            step, position, skipped = int(state["step"]), int(state["position"]), int(state["skipped"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt / 'state.pt'}: does not fit this run's optimizer or loop: {exc}") from exc
+        if rank == 0:
+            log.info("resumed from %s at step %d%s", ckpt.name, step, "; changed: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()) if changes else "")
 
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(to_toml(config))
+        with atomic_path(out / "config.toml") as tmp:
+            tmp.write_text(to_toml(config))
+        record_history(out, "resume" if ckpt is not None else "start", step, precision=precision,
+                       changed={k: list(v) for k, v in changes.items()})
     view_dtype = torch.bfloat16 if use_bf16 else torch.float32
     # is it learning? validation ECGs measured at step 0, every monitor_every steps and at the end (rank 0 only)
     monitor = PretrainMonitor.for_run(store, config, segment, device, autocast, view_dtype) if rank == 0 else None
-    metrics = (_MetricsLog(out / "metrics.csv", truncate_after=step if resume else 0,
+    metrics = (_MetricsLog(out / "metrics.csv", truncate_after=step if ckpt is not None else 0,
                            extra=monitor.fields if monitor is not None else ()) if rank == 0 else None)
     first = monitor.start(encoder, step, out / "metrics.csv") if monitor is not None else None
     if first is not None:
         metrics.write(**first)
     bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     losses: list[float] = []
+    first_step = step + 1  # the first step of this process measures throughput, whatever log_every is
     t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
 
     def save() -> Path | None:
         if rank != 0:
             return None
         state = {"step": step, "position": position, "skipped": skipped, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}
+                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "precision": precision}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return save_checkpoint(out, step, encoder, state, config=to_dict(config), provenance=provenance)
@@ -297,7 +339,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             ecgs_since += b * world
             losses.append(value)
             measured = None
-            logging_step = step == 1 or step % config.log_every == 0 or step == total_steps
+            logging_step = step == first_step or step % config.log_every == 0 or step == total_steps
             if logging_step:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
@@ -313,7 +355,7 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
                 if logging_step:
                     metrics.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", ecg_s=f"{ecgs_per_s:.1f}")
+            bar.set_postfix(loss=f"{value:.4f}", **({"ecg_s": f"{ecgs_per_s:.1f}"} if ecgs_per_s else {}))
             if step % config.ckpt_every == 0 and step < total_steps:
                 if metrics is not None:
                     metrics.flush()
@@ -334,6 +376,29 @@ def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False)
             "monitor": monitor.report_lines() if monitor is not None else []}
 
 
+def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
+    """The rows of ``path`` up to ``up_to_step``. Rows that do not parse (the last line of a process killed while
+    writing it, or a damaged file) are dropped with a warning that counts them, never a traceback."""
+    kept, bad = [], 0
+    try:
+        with open(path, newline="", errors="replace") as f:
+            for row in csv.DictReader(f):
+                try:
+                    step = int(row["step"])
+                    float(row["loss"] if row["loss"] != "" else row["rankme"])  # the monitor's step-0 row: no loss
+                except (KeyError, TypeError, ValueError):
+                    bad += 1
+                    continue
+                if step <= up_to_step:
+                    kept.append(row)
+    except (OSError, csv.Error) as exc:
+        log.warning("%s: unreadable (%s): its rows before the resume are lost", path, exc)
+        return []
+    if bad:
+        log.warning("%s: %d damaged row(s) dropped (a process killed while writing, or an edited file)", path, bad)
+    return kept
+
+
 class _MetricsLog:
     """metrics.csv (and TensorBoard where installed). On resume, rows after the checkpoint's step are dropped.
 
@@ -348,16 +413,15 @@ class _MetricsLog:
     FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
 
     def __init__(self, path: Path, truncate_after: int, extra: tuple[str, ...] = ()):
-        rows = []
-        if truncate_after > 0 and path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= truncate_after]
-        self.file = open(path, "w", newline="")
+        rows = _read_metrics(path, truncate_after) if truncate_after > 0 and path.exists() else []
         self.extra = tuple(extra)
-        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS + self.extra, restval="", extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
+        fields = self.FIELDS + self.extra
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill here leaves the old file whole
+            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, restval="", extrasaction="ignore")
         self.pending: list[dict] = []
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -394,5 +458,4 @@ class _MetricsLog:
             self.tb.close()
 
 
-__all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "prepare_run_folder",
-           "pretrain"]
+__all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "pretrain", "resolve_device"]

@@ -102,7 +102,7 @@ class ArrayReader(Reader):
 
         if not fs or not math.isfinite(float(fs)) or float(fs) <= 0:
             raise ValueError(f"{what}: fs must be a positive number of Hz, got {fs!r}")
-        self.fs = float(fs)
+        self.fs = self.native_fs = float(fs)
         if isinstance(lead_names, str):
             lead_names = [n for n in lead_names.split(",") if n.strip()]
         self.lead_names = [str(n) for n in lead_names]

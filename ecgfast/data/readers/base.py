@@ -94,12 +94,16 @@ class Reader(ABC):
             it (on its own copy of the reader) to the store's record length. None reads whole records.
         default_split_column: a meta key whose values split the records patient-disjointly (fold numbers or
             train/val/test), used by prepare when no split is asked for; None: split by a hash of patient ids.
+        native_fs: the one sampling rate (Hz) of every record the source yields, where its format says so
+            (PTB-XL's records100/ or records500/, an array): ecgfast-prepare's store rate follows it unless --fs is
+            given. None: rates may differ from record to record.
     """
 
     format_name: str = ""
     signal_units: str = "mV"
     max_seconds: float | None = None
     default_split_column: str | None = None
+    native_fs: float | None = None
 
     @abstractmethod
     def items(self) -> Iterator[SourceItem]:

@@ -15,6 +15,7 @@ Labels follow the dataset's own example code (PhysioNet ``example_physionet.py``
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -26,11 +27,13 @@ from .base import INDEX_ERROR, Reader, SourceItem, id_string, index_columns, rai
 from .input_files import index_path, input_root
 from .wfdb_record import read_wfdb
 
+log = logging.getLogger("ecgfast.prepare")
 DATABASE_CSV = "ptbxl_database.csv"
 STATEMENTS_CSV = "scp_statements.csv"
 SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
 _REQUIRED = ("ecg_id", "patient_id", "scp_codes", "filename_lr", "filename_hr")
 _FILENAME_COLUMN = {100: "filename_lr", 500: "filename_hr"}
+_FOLDER = {100: "records100", 500: "records500"}
 # PTB-XL writes 300 as the age of patients over 89 (HIPAA); we store 90 and flag it.
 _AGE_CENSORED = 300
 
@@ -72,29 +75,43 @@ class PTBXLReader(Reader):
     """A PTB-XL folder (the one holding ``ptbxl_database.csv``).
 
     Record id ``ptbxl-<ecg_id>``; patient id from ``patient_id``; labels as in the module docstring; meta
-    ``strat_fold`` (1-10, the dataset's patient-stratified folds), ``age`` (years; 90 with
-    ``age_over_89=True`` where the file says 300), ``sex`` ("male"/"female") and ``scp_likelihood``.
+    ``strat_fold`` (1-10, the dataset's patient-stratified folds, the default split: 9 validation, 10 test),
+    ``age`` (years; 90 with ``age_over_89=True`` where the file says 300), ``sex`` ("male"/"female") and
+    ``scp_likelihood``.
 
     A row that cannot be used (unparsable ``scp_codes``, no file name, ...) is still enumerated; reading it
     raises ``RecordError(UNREADABLE)`` naming the ecg_id and the column.
 
     Args:
         root: the PTB-XL folder.
-        rate: 500 reads ``filename_hr`` (records500/), 100 reads ``filename_lr`` (records100/).
+        rate: 500 reads ``filename_hr`` (records500/), 100 reads ``filename_lr`` (records100/); None (default):
+            500 where ``records500/`` is there, else 100 where ``records100/`` is (a copy of the 100 Hz files
+            only), said in the log.
 
     Raises:
-        FileNotFoundError: no ``ptbxl_database.csv`` in ``root``.
+        FileNotFoundError: no ``ptbxl_database.csv`` in ``root``; the folder of the rate asked for is absent
+            (the message names the one that is there and the flag that reads it).
         ValueError: ``rate`` is not 100 or 500, or the CSV lacks a needed column.
     """
 
     format_name = "ptbxl"
+    default_split_column = "strat_fold"
 
-    def __init__(self, root: str | os.PathLike, rate: int = 500):
+    def __init__(self, root: str | os.PathLike, rate: int | None = None):
         self.root = str(root)
         self.input_root = input_root(self.root)
+        present = [r for r in (500, 100) if os.path.isdir(os.path.join(self.root, _FOLDER[r]))]
+        if rate is None:
+            rate = present[0] if present else 500
+            if present == [100]:
+                log.info("PTB-XL at %s: only %s/ is there: reading its 100 Hz files", self.root, _FOLDER[100])
         if rate not in _FILENAME_COLUMN:
             raise ValueError(f"PTB-XL rate must be 100 or 500 Hz, got {rate!r}")
+        if os.path.isfile(os.path.join(self.root, DATABASE_CSV)) and present and rate not in present:
+            raise FileNotFoundError(f"{self.root}: no {_FOLDER[rate]}/ for PTB-XL at {rate} Hz; this copy holds "
+                                    f"{_FOLDER[present[0]]}/: pass --rate {present[0]}")
         self.rate = int(rate)
+        self.native_fs = float(rate)
         self.database = os.path.join(self.root, DATABASE_CSV)
         index_columns(self.database, "PTB-XL", self.root, _REQUIRED)
         statements = os.path.join(self.root, STATEMENTS_CSV)
