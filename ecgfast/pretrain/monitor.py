@@ -21,9 +21,12 @@
 - ``monitor_s``: the seconds the measurement took (the loop leaves them out of its throughput).
 
 The sample is drawn once from the validation split with the run's seed; nothing here reads a training or test
-record. The encoder is measured in eval mode (BatchNorm's running statistics, no dropout) and handed back in the
-mode it came in; torch's random state is not touched (the views' randomness is counter-based), so a run with the
-monitor trains exactly as one without it. Only rank 0 measures.
+record. The encoder is measured in eval mode (BatchNorm's running statistics, no dropout), as the evaluation's
+frozen arm sees it. At step 0, and for the first tens of steps while BatchNorm's running statistics still carry
+their initial values, eval-mode outputs are nearly constant: alignment and uniformity near 0 then say that, not that
+training collapsed. The encoder is handed back in the mode it came in; torch's random state is not touched (the
+views' randomness is counter-based), so a run with the monitor trains exactly as one without it. Only rank 0
+measures.
 """
 
 from __future__ import annotations
