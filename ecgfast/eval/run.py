@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.store import write_json_atomic
-from ..pretrain.provenance import leakage_check
+from ..pretrain.provenance import leakage_check, load_provenance
 from .config import EvalConfig
 from .protocol import Evaluator
 from .report import protocol_notes, write_reports
@@ -148,8 +148,10 @@ def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
     tasks = {name: load_task(ev.store, name, cfg.missing_as_negative, cfg.segment) for name in cfg.tasks}
     extra = []
     if ev.ckpt is not None:
-        provenance_file = ev.ckpt / "provenance.json"
-        provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else None
+        try:
+            provenance = load_provenance(ev.ckpt)  # v2 keyed hashes, a v1 dict, or None (made elsewhere)
+        except ValueError as exc:
+            raise EvalError(f"cannot check what the encoder was pretrained on: {exc}") from exc
         test_rows = np.unique(np.concatenate([t.rows["test"] for t in tasks.values()]))
         status, sentence = leakage_check(provenance, ev.store, test_rows)
         if status == "leak":
