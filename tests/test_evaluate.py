@@ -309,7 +309,7 @@ def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_
     md = (out / "summary.md").read_text()
     assert "| low_ef | 50 % |" in md and "finetuned - random |" in md and "frozen - random-features |" in md
     for words in ("Budget rule, the same for every end-to-end arm", "Seeds: 1", "Validation: carved", "test",
-                  "no test patient", "Usable seeds"):
+                  "test patients or", "none of the", "Usable seeds"):  # the leakage check found no overlap
         assert words in md, words
     summary_json = json.loads((out / "summary.json").read_text())
     assert summary_json["tasks"]["low_ef"]["test"]["patients"] == len(np.unique(task.patients["test"]))
