@@ -1,10 +1,10 @@
-"""The downstream protocol (ecgfast-eval, ecgfast-embed): the budget rule every arm shares, label fractions and the
-carved validation patients, AUROC and its intervals, the linear probe, the leakage refusal, short records, an
-end-to-end run of all three arms with resume, the reports, and the errors on bad input.
+"""The downstream protocol (ecgfast-eval, ecgfast-embed): label fractions and the carved validation patients, AUROC
+and its intervals, the linear probe's port, the leakage refusal, short records, an end-to-end run of all four arms
+with resume, the reports, and the errors on bad input. The step rule, the converged probe, the random-features
+control and the cells that cannot be judged: tests/test_eval_rule.py.
 
-Everything runs on an 80-patient synthetic store at 100 Hz (half train, a quarter each val and test; 5 s segments
-of 500 samples, five times cheaper than 500 Hz) with the tiny preset and a few epochs. The "pretrained" checkpoint
-is a randomly initialised encoder: the protocol, not the pretraining, is under test.
+Everything runs on the store and checkpoint of tests/eval_helpers.py with the tiny preset. Tests of other things than
+the budget rule shrink it (a floor of 10 steps, a cap of 40) to stay fast; the rule's own tests use the defaults.
 """
 
 from __future__ import annotations
@@ -21,46 +21,37 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from eval_helpers import SEGMENT, encoder_checkpoint, make_eval_store
 from scipy import stats
 from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.metrics import roc_auc_score
 
-from ecgfast.data.preprocess import PreprocessConfig
 from ecgfast.data.store import ECGStore
-from ecgfast.data.synthetic import SyntheticReader
 from ecgfast.data.windows import segment_starts
 from ecgfast.eval.cli import embed_main, main
-from ecgfast.eval.config import EvalConfig
+from ecgfast.eval.config import ARMS, EvalConfig
 from ecgfast.eval.embed import encode_records, record_segments
+from ecgfast.eval.plot import task_title
 from ecgfast.eval.probe import select_probe
 from ecgfast.eval.protocol import Evaluator, batches
-from ecgfast.eval.report import auroc, bootstrap_auroc, seed_interval, summarize, task_title, weighted_auroc
-from ecgfast.eval.run import cell_path, run_evaluation
+from ecgfast.eval.report import auroc, bootstrap_auroc, seed_interval, summarize, weighted_auroc
+from ecgfast.eval.run import run_evaluation
 from ecgfast.eval.tasks import EvalError, load_task, patient_labels, sample_fractions
 from ecgfast.models.temporalnet import DualStreamTemporalNet, ECGClassifier, temporalnet_config
-from ecgfast.prepare import SplitConfig, prepare_store
-from ecgfast.pretrain.checkpoint import save_checkpoint
 from ecgfast.pretrain.provenance import pretraining_provenance
 
 OUTPUTS = ("results.csv", "summary.json", "summary.md", "auroc_vs_fraction.png")
-SEGMENT = 500  # 5 s at the test store's 100 Hz
+SMALL_BUDGET = {"min_steps": 10, "eval_every": 5, "patience": 2, "max_steps": 40}  # for tests of other things
+DEFAULT_RULE = {k: getattr(EvalConfig("", "", ()), k) for k in (*SMALL_BUDGET, "batch_size")}  # what a user gets
 
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
-    """80 synthetic patients, seed 10, at 100 Hz: half of them train, a quarter each val and test."""
-    path = tmp_path_factory.mktemp("eval") / "store"
-    prepare_store([SyntheticReader(n_patients=80, seed=10)], path, PreprocessConfig(fs=100.0),
-                  split=SplitConfig(fractions=(0.5, 0.25, 0.25)), workers=1, progress=False)
-    return path
+    return make_eval_store(tmp_path_factory.mktemp("eval") / "store")
 
 
-def _encoder_checkpoint(run: Path, provenance: dict | None) -> Path:
-    torch.manual_seed(0)
-    save_checkpoint(run, 0, DualStreamTemporalNet(temporalnet_config("tiny")), {}, config={"model": "tiny"},
-                    provenance=provenance)
-    return run
+_encoder_checkpoint = encoder_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +73,8 @@ def _edited_store(src: Path, dst: Path, **columns) -> Path:
 
 
 def _config(store: Path, out: Path, checkpoint: Path | None, **kw) -> EvalConfig:
-    base = {"tasks": ("low_ef",), "fractions": (50.0, 100.0), "seeds": 1, "epochs": 2, "patience": 2,
-            "batch_size": 16, "eval_batch_size": 64, "n_boot": 200, "progress": False, "segment": SEGMENT}
+    base = {"tasks": ("low_ef",), "fractions": (50.0, 100.0), "seeds": 1, **SMALL_BUDGET, "batch_size": 16,
+            "eval_batch_size": 64, "n_boot": 200, "progress": False, "segment": SEGMENT}
     return EvalConfig(store=str(store), out=str(out), checkpoint=str(checkpoint) if checkpoint else None,
                       **{**base, **kw})
 
@@ -258,31 +249,6 @@ def test_frozen_features_give_the_classifiers_logits(store_path):
     torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
 
 
-# ---- the budget rule ----------------------------------------------------------------------------------------------
-
-
-def test_every_arm_of_a_cell_gets_the_same_epochs_and_validation_points(store_path, checkpoint, tmp_path):
-    out = tmp_path / "rule"
-    run_evaluation(_config(store_path, out, checkpoint, fractions=(50.0,), epochs=2, patience=2))
-    cells = {arm: json.loads(cell_path(out, "low_ef", arm, 50.0, 0).read_text())
-             for arm in ("random", "frozen", "finetuned")}
-    for arm, cell in cells.items():
-        assert cell["settings"]["epochs"] == 2 and cell["settings"]["patience"] == 2, arm
-        assert cell["epochs_run"] == 2 and len(cell["val_auroc"]) == 2, arm  # one validation point per epoch
-        assert cell["best_epoch"] in (1, 2)
-        assert cell["val_auroc_best"] == max(v for v in cell["val_auroc"] if np.isfinite(v))
-    steps = {cell["steps_per_epoch"] for cell in cells.values()}
-    assert len(steps) == 1  # the same samples per epoch: no arm has a cap another lacks
-    # early stopping follows the same rule for every arm: stop after `patience` epochs without improvement
-    run_evaluation(_config(store_path, tmp_path / "stop", checkpoint, fractions=(50.0,), epochs=4, patience=1,
-                           arms=("random", "frozen")))
-    for arm in ("random", "frozen"):
-        cell = json.loads(cell_path(tmp_path / "stop", "low_ef", arm, 50.0, 0).read_text())
-        hist, best = cell["val_auroc"], cell["best_epoch"]
-        assert cell["epochs_run"] == len(hist) <= 4
-        assert len(hist) == 4 or len(hist) - best == 1, (arm, hist, best)
-
-
 # ---- leakage, short records -----------------------------------------------------------------------------------------
 
 
@@ -290,11 +256,15 @@ def test_an_encoder_that_saw_the_test_patients_is_refused(store_path, tmp_path):
     store = ECGStore(store_path)
     everything = _encoder_checkpoint(tmp_path / "all", pretraining_provenance(store, ["train", "val", "test"],
                                                                               np.arange(len(store))))
-    with pytest.raises(EvalError, match="refusing to evaluate: .* hold .* of the .* test patients"):
+    test = store.split_indices("test")
+    n, r = len(np.unique(store.patient_ids[test])), len(test)  # every test patient and record
+    refused = f"refusing to evaluate: the encoder was pretrained on {n} of the {n} test patients and {r} of the {r} "
+    with pytest.raises(EvalError, match=refused):
         run_evaluation(_config(store_path, tmp_path / "o1", everything, arms=("frozen",)))
-    # the same patients in another store (another fingerprint): caught by the hash of the patient set
+    # the same patients in another store (another fingerprint, other record ids): caught by the keyed hashes of the
+    # patient keys and record checksums (provenance v2)
     copy = _edited_store(store_path, tmp_path / "copy", record_id=lambda m: [f"r{i}" for i in range(len(m))])
-    with pytest.raises(EvalError, match="exactly this store's patients"):
+    with pytest.raises(EvalError, match=refused):
         run_evaluation(_config(copy, tmp_path / "o2", everything, arms=("frozen",)))
     # an encoder from elsewhere: evaluated, and the report says the overlap could not be checked
     unknown = _encoder_checkpoint(tmp_path / "elsewhere", None)
@@ -322,20 +292,24 @@ def test_records_shorter_than_a_segment_are_left_out_and_shorter_ones_use_their_
 def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "eval"
     summary = run_evaluation(_config(store_path, out, checkpoint))
-    assert {(r.arm, r.fraction) for r in summary.itertuples()} == {(a, f) for a in ("random", "frozen", "finetuned")
-                                                                    for f in (50.0, 100.0)}
+    assert {(r.arm, r.fraction) for r in summary.itertuples()} == {(a, f) for a in ARMS for f in (50.0, 100.0)}
     assert all((out / name).is_file() and (out / name).stat().st_size > 0 for name in OUTPUTS)
-    assert len(list((out / "cells").glob("*.json"))) == 6
+    assert len(list((out / "cells").glob("*.json"))) == 8
     results = pd.read_csv(out / "results.csv")
-    assert len(results) == 6 and results["test_auroc"].between(0, 1).all()
+    assert len(results) == 8 and results["test_auroc"].between(0, 1).all()
+    assert {"steps", "best_step", "stopped_by", "usable"} <= set(results.columns)
+    assert not {"epochs_run", "best_epoch"} & set(results.columns)  # an epoch means nothing under the step rule
+    e2e = results[results.arm.isin(["random", "finetuned"])]
+    assert (e2e["steps"] >= SMALL_BUDGET["min_steps"]).all() and (e2e["steps"] <= SMALL_BUDGET["max_steps"]).all()
     assert (results["test_lo"] <= results["test_auroc"]).all() and (results["test_auroc"] <= results["test_hi"]).all()
     task = load_task(ECGStore(store_path), "low_ef")
     n_train = len(np.unique(task.patients["train"]))
     full = results[results.fraction == 100]
     assert (full["n_train_patients"] + full["n_val_patients"] == n_train).all()  # carved from the train patients
     md = (out / "summary.md").read_text()
-    assert "| low_ef | 50 % |" in md and "finetuned - random" in md
-    for words in ("Budget rule, the same for every arm", "Seeds: 1", "Validation: carved", "test", "no test patient"):
+    assert "| low_ef | 50 % |" in md and "finetuned - random |" in md and "frozen - random-features |" in md
+    for words in ("Budget rule, the same for every end-to-end arm", "Seeds: 1", "Validation: carved", "test",
+                  "test patients or", "none of the", "Usable seeds"):  # the leakage check found no overlap
         assert words in md, words
     summary_json = json.loads((out / "summary.json").read_text())
     assert summary_json["tasks"]["low_ef"]["test"]["patients"] == len(np.unique(task.patients["test"]))
@@ -353,7 +327,7 @@ def test_end_to_end_all_arms_then_resume_and_extend(store_path, checkpoint, tmp_
     # another fraction in the same folder adds rows: the reports cover every finished cell
     run_evaluation(_config(store_path, out, checkpoint, fractions=(10.0,), arms=("random",)))
     grown = pd.read_csv(out / "results.csv")
-    assert len(grown) == 7 and set(grown["fraction"]) == {10.0, 50.0, 100.0}
+    assert len(grown) == 9 and set(grown["fraction"]) == {10.0, 50.0, 100.0}
 
 
 def test_cells_run_in_worker_processes_give_what_one_process_gives(store_path, checkpoint, tmp_path):
@@ -363,7 +337,7 @@ def test_cells_run_in_worker_processes_give_what_one_process_gives(store_path, c
     the cores: the one-process run, and the parent of the two workers, which computes the frozen features they read.
     """
     cores = len(os.sched_getaffinity(0))
-    kw = {"arms": ("random", "frozen"), "fractions": (50.0,), "epochs": 1, "seeds": 2}
+    kw = {"arms": ("random", "random-features", "frozen"), "fractions": (50.0,), "seeds": 2}
     threads = max(1, cores // 2)  # what each of two workers gets
     code = ("import pickle, sys, torch; torch.set_num_threads(int(sys.argv[2])); "
             "from ecgfast.eval.run import run_evaluation; "
@@ -378,22 +352,36 @@ def test_cells_run_in_worker_processes_give_what_one_process_gives(store_path, c
         a, b = json.loads(path.read_text()), json.loads((tmp_path / "two" / "cells" / path.name).read_text())
         a.pop("seconds"), b.pop("seconds")
         assert a == b, path.name
-    assert len(list((tmp_path / "two" / "cells").glob("*.json"))) == 4
+    assert len(list((tmp_path / "two" / "cells").glob("*.json"))) == 6
 
 
-def test_fast_frozen_agrees_with_trained_linear_head(store_path, checkpoint, tmp_path):
+def test_the_adam_head_trained_to_convergence_agrees_with_the_probe(store_path, checkpoint, tmp_path):
+    """The paper's linear head (Adam, lr 0.02) under the default step rule and the default probe reach the same test
+    AUROC within the test set's own noise: both are converged linear classifiers of the same features."""
     outs = {}
-    for fast in (False, True):  # the head trains to convergence on cached features: cheap
-        cfg = _config(store_path, tmp_path / f"fast{fast}", checkpoint, arms=("frozen",), fast_frozen=fast,
-                      fractions=(100.0,), epochs=40, patience=40, seeds=2, val_source="store")
-        outs[fast] = run_evaluation(cfg).iloc[0]
-    linear, logistic = outs[False], outs[True]
-    noise = (linear["boot_hi"] - linear["boot_lo"]) / 2  # half the width of the test-patient bootstrap interval
-    assert abs(linear["mean"] - logistic["mean"]) <= noise, (linear["mean"], logistic["mean"], noise)
+    for head in ("adam", "probe"):
+        cfg = _config(store_path, tmp_path / head, checkpoint, arms=("frozen",), frozen_head=head, fractions=(100.0,),
+                      seeds=2, val_source="store", **DEFAULT_RULE)
+        outs[head] = run_evaluation(cfg).iloc[0]
+    adam, probe = outs["adam"], outs["probe"]
+    noise = (probe["boot_hi"] - probe["boot_lo"]) / 2  # half the width of the test-patient bootstrap interval
+    assert abs(adam["mean"] - probe["mean"]) <= noise, (adam["mean"], probe["mean"], noise)
     assert embed_main(["--store", str(store_path), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "emb"),
                        "--splits", "test", "--segment", str(SEGMENT), "--no-progress"]) == 0
     with np.load(tmp_path / "emb" / "test.npz") as z:
         assert z["features"].shape[1:] == (2, 64) and len(z["rows"]) == len(ECGStore(store_path).split_indices("test"))
+
+
+def test_the_command_runs_the_four_arms(store_path, checkpoint, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code, printed, err = _cli(capsys, "--store", store_path, "--checkpoint", checkpoint, "--task", "low_ef", "--out",
+                              out, "--arms", "random", "random-features", "frozen", "finetuned", "--fractions", "100",
+                              "--seeds", "1", "--min-steps", "10", "--eval-every", "5", "--max-steps", "20",
+                              "--segment", SEGMENT, "--bootstrap", "100")
+    assert code == 0, err
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["arm"]) == sorted(ARMS) and results["steps"].notna().all()
+    assert "frozen - random-features" in printed and "finetuned - random" in printed
 
 
 # ---- bad input and the first hour --------------------------------------------------------------------------------

@@ -50,8 +50,9 @@ def _cli(args: list[str], wrapper: str = "") -> subprocess.Popen:
 
 
 def _rows(run: Path) -> list[dict]:
+    """The training rows of metrics.csv (the monitor's row of step 0, before any training, has no loss)."""
     with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r["loss"]]
 
 
 def _losses(run: Path) -> list[float]:
@@ -299,7 +300,7 @@ def test_a_damaged_metrics_file_does_not_stop_a_resume(tmp_path, caplog):
     with open(run / "metrics.csv", "a") as f:
         f.write("5,0,4.2")  # the half line a process killed while writing leaves
     lines = (run / "metrics.csv").read_text().splitlines()
-    lines[2] = "\x00\x00garbage"
+    lines[next(i for i, line in enumerate(lines) if line.startswith("2,"))] = "\x00\x00garbage"  # step 2's row
     (run / "metrics.csv").write_text("\n".join(lines) + "\n")
     with caplog.at_level("WARNING"):
         assert cli.main(SMALL + ["--workers", "0", "--max-steps", "6", "--ckpt-every", "2", "--out", str(run),

@@ -25,6 +25,7 @@ from ecgfast.pretrain import views as views_mod
 from ecgfast.pretrain.checkpoint import find_checkpoint, load_weights
 from ecgfast.pretrain.config import SYNTHETIC_DEFAULTS, ConfigError, TrainConfig, load_config, to_toml
 from ecgfast.pretrain.corpus import synthetic_store
+from ecgfast.pretrain.monitor import VIEW_OFFSET
 from ecgfast.pretrain.provenance import load_provenance
 
 TINY = {**SYNTHETIC_DEFAULTS, "synthetic_patients": 40, "batch_size": 8, "workers": 0, "progress": False,
@@ -37,8 +38,9 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 def _rows(run: Path) -> list[dict]:
+    """The training rows of metrics.csv (the monitor's row of step 0, before any training, has no loss)."""
     with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+        return [r for r in csv.DictReader(f) if r["loss"]]
 
 
 def _losses(run: Path) -> list[float]:
@@ -189,17 +191,20 @@ def test_a_skipped_step_leaves_no_trace_in_batchnorm(tmp_path, monkeypatch):
 
 
 def test_training_views_are_one_fused_call_on_int16_with_windows(tmp_path, monkeypatch):
-    """The step hands the op the loader's int16 batch with gain, baseline and both windows: one call per batch."""
-    seen = []
+    """The step hands the op the loader's int16 batch with gain, baseline and both windows: one call per batch (the
+    monitor's views of validation ECGs, at their own counter, are made the same way and counted apart)."""
+    seen, watched = [], []
     real = views_mod.vcg_augment
 
     def spy(x, gain=None, baseline=None, **kw):
-        seen.append((x.dtype, gain is not None, tuple(kw["windows"].shape), kw["length"]))
+        call = (x.dtype, gain is not None, tuple(kw["windows"].shape), kw["length"])
+        (watched if kw["offset"] >= VIEW_OFFSET else seen).append(call)
         return real(x, gain, baseline, **kw)
 
     monkeypatch.setattr(views_mod, "vcg_augment", spy)
     loop.pretrain(load_config(overrides={**TINY, "out": str(tmp_path / "run"), "max_steps": 2}))
     assert seen == [(torch.int16, True, (2, 8), 500)] * 2  # 5 s at the embedded corpus' 100 Hz
+    assert watched and all(c[:2] == (torch.int16, True) and c[2][0] == 2 and c[3] == 500 for c in watched)
     seen.clear()
     loop.pretrain(load_config(overrides={**TINY, "out": str(tmp_path / "aug"), "max_steps": 1, "views": "augment",
                                          "noise_std": 0.05}))

@@ -8,14 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ARMS, BUDGETS, VAL_SOURCES, EvalConfig
+from .config import ARMS, BUDGETS, FROZEN_HEADS, VAL_SOURCES, EvalConfig
 
 EXAMPLES = """examples:
   ecgfast-eval --demo --out runs/eval-demo                  # synthetic corpus: pretrain, then evaluate
   ecgfast-eval --recipe ptbxl-subset --source ../shared/data/ecg/ptbxl-subset --out runs/ptbxl   # real ECGs
   ecgfast-eval --store stores/ptbxl --list-tasks            # the labels, with positives per split
   ecgfast-eval --store stores/ptbxl --checkpoint runs/mimic --task superclass:MI --out runs/mi
-  ecgfast-eval --store stores/cinc --checkpoint runs/mimic --task dx:164889003 --arms frozen --fast-frozen --out r/af
+  ecgfast-eval --store stores/cinc --checkpoint runs/mimic --task dx:164889003 --arms random-features frozen --out r/af
   ecgfast-eval --store stores/k --checkpoint runs/mimic --task hyperk --balanced --paper --out runs/k
 """
 
@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     cpu, paper, demo = BUDGETS["cpu"], BUDGETS["paper"], BUDGETS["demo"]
     p = argparse.ArgumentParser(
         prog="ecgfast-eval", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="The downstream protocol: random init vs frozen vs finetuned pretrained encoder at 1-100 % of "
-                    "the training patients' labels, AUROC on test patients with 95 % intervals, tables and a plot. "
-                    "Every arm gets the same budget: at most --epochs epochs, validation after each, the best kept, "
-                    "early stop after --patience. Finished cells are kept in --out/cells and skipped when the "
-                    "command runs again. Exit codes: 0 done, 2 bad input.")
+        description="The downstream protocol: random init, random-features (a linear probe on an untrained encoder), "
+                    "frozen pretrained encoder (the same probe) and finetuned at 1-100 % of the training patients' "
+                    "labels, AUROC on test patients with 95 % intervals, tables and a plot. Every end-to-end arm "
+                    "gets the same step rule: at least --min-steps optimiser steps, validation every --eval-every "
+                    "steps, the best step kept, a stop after --patience evaluations without improvement past the "
+                    "floor, at most --max-steps (cells stopped there are flagged). Finished cells are kept in "
+                    "--out/cells and skipped when the command runs again. Exit codes: 0 done, 2 bad input.")
     p.add_argument("--store", help="prepared ECG store with labels (not with --demo)")
     p.add_argument("--checkpoint", help="pretraining run folder or checkpoint folder (its config.json names the "
                    "model); without it only the random-init arm runs")
@@ -37,14 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-tasks", action="store_true", help="print the store's labels with their positive records "
                    "and patients per split, then exit")
     p.add_argument("--out", help="output folder (cells/, results.csv, summary.*, plot)")
-    p.add_argument("--arms", nargs="+", choices=ARMS, help="default: all three with a checkpoint, else random")
+    p.add_argument("--arms", nargs="+", choices=ARMS, help="default: all four with a checkpoint, else random")
     p.add_argument("--fractions", nargs="+", type=float,
                    help="percent of training patients with labels (default 1 5 10 50 100; --demo 1 10 100)")
     p.add_argument("--seeds", type=int, help=f"seeds per cell (default {cpu.seeds})")
-    p.add_argument("--epochs", type=int, help=f"most epochs of every arm (default {cpu.epochs}, --paper "
-                   f"{paper.epochs}, --demo {demo.epochs})")
-    p.add_argument("--patience", type=int, help=f"epochs without a better validation AUROC before an arm stops "
-                   f"(default {cpu.patience}, --paper {paper.patience}, --demo {demo.patience})")
+    p.add_argument("--min-steps", type=int, help=f"floor: optimiser steps every end-to-end arm takes (default "
+                   f"{cpu.min_steps}, --paper {paper.min_steps}, --demo {demo.min_steps})")
+    p.add_argument("--eval-every", type=int, help=f"steps between validation AUROCs (default {cpu.eval_every}, "
+                   f"--paper {paper.eval_every}, --demo {demo.eval_every})")
+    p.add_argument("--patience", type=int, help=f"evaluations past the floor without a better validation AUROC "
+                   f"before an arm stops (default {cpu.patience}, --paper {paper.patience}, --demo {demo.patience})")
+    p.add_argument("--max-steps", type=int, help=f"cap every arm shares; cells stopped by it are flagged (default "
+                   f"{cpu.max_steps}, --paper {paper.max_steps}, --demo {demo.max_steps})")
     p.add_argument("--batch-size", type=int, help=f"segments per step (default {cpu.batch_size}, --paper "
                    f"{paper.batch_size})")
     p.add_argument("--model", choices=("paper", "small", "tiny"),
@@ -54,14 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-share", type=float, default=0.2, help="carved validation: share of each class (default 0.2)")
     p.add_argument("--segment", type=int, help="samples the encoder sees (default: 5 s at the store's rate)")
     p.add_argument("--balanced", action="store_true", help="class-balanced batches")
-    p.add_argument("--fast-frozen", action="store_true", help="frozen arm: logistic regression on embeddings")
+    p.add_argument("--frozen-head", choices=FROZEN_HEADS, default="probe", help="frozen and random-features arms: "
+                   "probe (default: L2 logistic regression on standardised features, to convergence, penalty chosen "
+                   "on validation) or adam (the paper's linear head, lr 0.02, under the step rule)")
     p.add_argument("--missing-as-negative", action=argparse.BooleanOptionalAction, default=None,
                    help="records without the label are negatives (default: yes for dx: and scp: labels)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
     p.add_argument("--device", help="default: cuda if available else cpu")
     p.add_argument("--workers", type=int, default=1, help="cells run at once on a CPU, each in its own process "
                    "(default 1; 2 on a 2-core machine runs about 1.6x faster)")
-    p.add_argument("--paper", action="store_true", help="paper-sized defaults (paper model, 30 epochs)")
+    p.add_argument("--paper", action="store_true", help="paper-sized defaults (paper model, batch 64, "
+                   f"{paper.min_steps} to {paper.max_steps} steps)")
     p.add_argument("--demo", action="store_true", help="synthetic corpus: pretrain (unless --checkpoint), evaluate "
                    "its tasks; minutes on a CPU")
     p.add_argument("--recipe", help="a whole experiment: prepare --source, pretrain, evaluate (ptbxl-subset)")
@@ -75,13 +84,15 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
     name = "paper" if args.paper else "demo" if args.demo else "cpu"
     budget = BUDGETS[name]
     pick = {f: getattr(args, f) if getattr(args, f) is not None else getattr(budget, f)
-            for f in ("seeds", "epochs", "patience", "batch_size", "model", "fractions")}
+            for f in ("seeds", "min_steps", "eval_every", "patience", "max_steps", "batch_size", "model",
+                      "fractions")}
     arms = tuple(args.arms) if args.arms else (ARMS if args.checkpoint else ("random",))
-    note = "" if name == "paper" else (f"{name}-sized: the {pick['model']} model, at most {pick['epochs']} epochs, "
-                                       f"fractions {', '.join(f'{f:g}' for f in pick['fractions'])} %")
+    note = "" if name == "paper" else (f"{name}-sized: the {pick['model']} model, {pick['min_steps']} to "
+                                       f"{pick['max_steps']} steps, fractions "
+                                       f"{', '.join(f'{f:g}' for f in pick['fractions'])} %")
     return EvalConfig(store=args.store, out=args.out, tasks=tuple(args.tasks or ()), checkpoint=args.checkpoint,
                       arms=arms, val_source=args.val_source, val_share=args.val_share, balanced=args.balanced,
-                      fast_frozen=args.fast_frozen, missing_as_negative=args.missing_as_negative,
+                      frozen_head=args.frozen_head, missing_as_negative=args.missing_as_negative,
                       n_boot=args.bootstrap, device=args.device, progress=args.progress, budget_note=note,
                       segment=args.segment, workers=args.workers,
                       **{**pick, "fractions": tuple(float(f) for f in pick["fractions"])})
@@ -148,7 +159,8 @@ def embed_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="ecgfast-embed", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export frozen-encoder embeddings of a store's splits: <out>/<split>.npz with features "
-                    "(N, segments, D) and store rows (N,). ecgfast-eval --fast-frozen reuses them.",
+                    "(N, segments, D) and store rows (N,). ecgfast-eval's frozen arm reuses them (the same --out "
+                    "as its OUT/embeddings).",
         epilog="examples:\n  ecgfast-embed --store stores/ptbxl --checkpoint runs/mimic --out runs/eval/embeddings\n")
     p.add_argument("--store", required=True, help="prepared ECG store")
     p.add_argument("--checkpoint", required=True, help="pretraining run folder or checkpoint folder")

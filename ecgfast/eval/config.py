@@ -1,10 +1,14 @@
 """The settings of one evaluation run, and the budget rule every arm of a cell shares (METHOD.md "Downstream protocol").
 
-The budget rule: each arm trains for at most ``epochs`` passes over its own labelled training data, scores
-validation at the end of every epoch, keeps the weights of the best validation AUROC (ties: the earlier epoch),
-stops early after ``patience`` epochs without improvement, and scores the test patients once. No arm has a cap
-that another lacks; a CPU-sized run cuts cost for every arm alike (fewer epochs, seeds or fractions, a smaller
-model), and the report says so in its header.
+The budget rule, in optimiser steps (DESIGN.md "Contracts: Evaluation"). An end-to-end arm (random init, finetuned)
+trains at least ``min_steps`` steps whatever its label fraction, scores validation AUROC every ``eval_every`` steps,
+keeps the weights of the best one (ties: the earlier step), and after the floor stops once ``patience`` evaluations
+in a row bring no improvement; ``max_steps`` caps every arm alike, and a cell that reaches it was still improving
+and is flagged in the report. The floor is what a budget in epochs lacked: at 1 % of the labels an epoch is one
+step, so a cap of a few epochs left such a cell with a few steps. The frozen and random-features arms are a linear
+probe on cached features trained to convergence (:mod:`ecgfast.eval.probe`; ``frozen_head="adam"``: the paper's
+linear head, lr 0.02, under the same step rule). A CPU-sized run cuts cost for every arm alike (fewer seeds or
+fractions, a smaller model), and the report says so in its header.
 
 Imports nothing heavy (no torch): ``ecgfast-eval --help`` is built from here.
 """
@@ -13,7 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ARMS = ("random", "frozen", "finetuned")
+ARMS = ("random", "random-features", "frozen", "finetuned")
+END_TO_END_ARMS = ("random", "finetuned")  # the whole classifier trains, under the step rule
+FEATURE_ARMS = ("random-features", "frozen")  # a linear probe on an encoder's cached features
+CHECKPOINT_ARMS = ("frozen", "finetuned")  # need a pretrained encoder
+GAINS = {"frozen": "random-features", "finetuned": "random"}  # arm -> its control: what the gain is measured against
+FROZEN_HEADS = ("probe", "adam")
 DEFAULT_FRACTIONS = (1.0, 5.0, 10.0, 50.0, 100.0)
 VAL_SOURCES = ("carved", "store")
 
@@ -23,18 +32,23 @@ class Budget:
     """The sized defaults of a run; any command-line flag overrides its field."""
 
     seeds: int  # repetitions per (task, arm, fraction); seed s draws the labelled patients and the init
-    epochs: int  # most passes over an arm's labelled training halves
-    patience: int  # epochs without a better validation AUROC before stopping (every arm)
-    batch_size: int  # halves per step
+    min_steps: int  # floor: optimiser steps every end-to-end arm takes, whatever its label fraction
+    eval_every: int  # steps between validation AUROCs
+    patience: int  # evaluations after the floor without a better validation AUROC before an arm stops
+    max_steps: int  # cap every arm shares; a cell stopped by it is flagged
+    batch_size: int  # segments per step
     model: str  # TemporalNet preset of the random-init arm when no checkpoint names one
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS  # percent of the training patients with labels
 
 
 BUDGETS = {
-    "cpu": Budget(seeds=5, epochs=20, patience=5, batch_size=32, model="tiny"),
-    "paper": Budget(seeds=5, epochs=30, patience=10, batch_size=64, model="paper"),
-    # demo: the synthetic corpus at 100 Hz, tiny model, 3 fractions: every arm at most 4 epochs, patience 2
-    "demo": Budget(seeds=5, epochs=4, patience=2, batch_size=64, model="tiny", fractions=(1.0, 10.0, 100.0)),
+    # the tiny model at 100 Hz on a CPU core: a step of 32 segments ~0.2 s, so a cell takes 40 s to a few minutes
+    "cpu": Budget(seeds=5, min_steps=200, eval_every=25, patience=4, max_steps=2000, batch_size=32, model="tiny"),
+    "paper": Budget(seeds=5, min_steps=500, eval_every=50, patience=10, max_steps=20000, batch_size=64,
+                    model="paper"),
+    # demo: the synthetic corpus at 100 Hz, tiny model, 3 fractions; the same floor as the CPU default, a lower cap
+    "demo": Budget(seeds=5, min_steps=200, eval_every=25, patience=4, max_steps=1000, batch_size=32, model="tiny",
+                   fractions=(1.0, 10.0, 100.0)),
 }
 _CPU = BUDGETS["cpu"]
 
@@ -50,14 +64,16 @@ class EvalConfig:
     arms: tuple[str, ...] = ARMS
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     seeds: int = _CPU.seeds
-    epochs: int = _CPU.epochs
+    min_steps: int = _CPU.min_steps
+    eval_every: int = _CPU.eval_every
     patience: int = _CPU.patience
+    max_steps: int = _CPU.max_steps
     batch_size: int = _CPU.batch_size
     model: str = _CPU.model  # preset for random init without a checkpoint (a checkpoint's own preset wins)
     val_source: str = "carved"  # "carved": from the labelled training patients; "store": the store's val split
     val_share: float = 0.2  # carved validation: this share of each class of the labelled patients (at least 1)
     balanced: bool = False  # half positives, half negatives in every batch (the potassium task's setting)
-    fast_frozen: bool = False  # frozen arm as logistic regression on embeddings instead of a trained head
+    frozen_head: str = "probe"  # frozen and random-features arms: "probe" (L2 logistic regression), "adam" (lr_head)
     missing_as_negative: bool | None = None  # None: from the label prefix (dx:, scp:)
     lr_random: float = 1e-3
     lr_backbone: float = 1e-4
@@ -65,7 +81,7 @@ class EvalConfig:
     segment: int | None = None  # samples the encoder sees; None: 5 s at the store's rate (2500 at 500 Hz)
     n_boot: int = 1000  # patient-bootstrap resamples for the test interval
     eval_batch_size: int = 128  # segments per forward pass when scoring
-    budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions, 8 epochs")
+    budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions")
     workers: int = 1  # cells run at once on a CPU, each in its own process with cores // workers threads
     device: str | None = None
     progress: bool = True
@@ -77,11 +93,20 @@ class EvalConfig:
         bad = sorted(set(self.arms) - set(ARMS))
         if bad or not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be distinct names among {ARMS}, got {list(self.arms)}")
-        for name in ("seeds", "epochs", "patience", "n_boot", "eval_batch_size", "workers"):
+        for name in ("seeds", "min_steps", "eval_every", "patience", "max_steps", "n_boot", "eval_batch_size",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps ({self.max_steps}) must be >= min_steps ({self.min_steps}): the cap "
+                             "cannot sit below the floor")
+        if self.eval_every > self.min_steps:
+            raise ValueError(f"eval_every ({self.eval_every}) must be <= min_steps ({self.min_steps}), or the floor "
+                             "would pass without a validation point")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.frozen_head not in FROZEN_HEADS:
+            raise ValueError(f"frozen_head must be one of {FROZEN_HEADS}, got {self.frozen_head!r}")
         if self.val_source not in VAL_SOURCES:
             raise ValueError(f"val_source must be one of {VAL_SOURCES}, got {self.val_source!r}")
         if not 0 < self.val_share < 1:
@@ -92,4 +117,5 @@ class EvalConfig:
             raise ValueError(f"fractions must be percentages in (0, 100], got {list(self.fractions)}")
 
 
-__all__ = ["ARMS", "BUDGETS", "Budget", "DEFAULT_FRACTIONS", "EvalConfig", "VAL_SOURCES"]
+__all__ = ["ARMS", "BUDGETS", "Budget", "CHECKPOINT_ARMS", "DEFAULT_FRACTIONS", "END_TO_END_ARMS", "EvalConfig",
+           "FEATURE_ARMS", "FROZEN_HEADS", "GAINS", "VAL_SOURCES"]

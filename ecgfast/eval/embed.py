@@ -12,7 +12,9 @@ streams averaged, ``(B, 8, segment) -> (B, 2, D) -> (B, D)`` (D = 512 for the pa
 eval mode (BatchNorm running statistics, no dropout), so features are deterministic and computed once per split.
 
 ``ecgfast-embed`` writes ``<out>/<split>.npz`` with ``features`` (N, S, D) float32 per segment and ``rows`` (N,)
-store rows; ``ecgfast-eval`` reuses those files when their header matches.
+store rows; ``ecgfast-eval`` reuses those files when their header matches. The untrained encoder of the
+random-features arm (:func:`random_encoder`) is cached the same way, its header naming the preset and the seed
+instead of a checkpoint.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def load_encoder(checkpoint: str | os.PathLike, device: str | torch.device = "cp
     return encoder.to(device).eval(), ckpt, preset
 
 
+def random_encoder(preset: str, seed: int, device: str | torch.device = "cpu") -> DualStreamTemporalNet:
+    """The untrained encoder of preset ``preset`` that the random-init arm of seed ``seed`` starts from, in eval mode.
+
+    The random-init arm seeds torch with its seed and builds its classifier, encoder first
+    (:meth:`ecgfast.eval.protocol.Evaluator.run_cell`); this builds the same encoder the same way, so the
+    random-features control of a seed probes exactly the weights the random-init arm of that seed starts from.
+    torch's global random state is left as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = DualStreamTemporalNet(temporalnet_config(preset))
+    return encoder.to(device).eval()
+
+
 def n_segments(n_samples: int, segment: int = SEGMENT) -> int:
     """How many segments a record of a store of ``n_samples``-sample records gives (2 for 10 s at 500 Hz)."""
     if segment < 1 or n_samples < segment:
@@ -111,20 +127,26 @@ def encode_records(encoder: DualStreamTemporalNet, store: ECGStore, rows: np.nda
                        desc)
 
 
-def embedding_header(store: ECGStore, ckpt: Path, segment: int) -> dict:
-    """What an embedding file was made from; a file is reused only when this matches exactly."""
-    st = (ckpt / "model.safetensors").stat()
-    return {"store": str(store.path.resolve()), "n_records": len(store), "checkpoint": str(ckpt.resolve()),
-            "weights_size": st.st_size, "weights_mtime_ns": st.st_mtime_ns, "segment": segment,
+def embedding_header(store: ECGStore, ckpt: Path | None, segment: int, source: dict | None = None) -> dict:
+    """What an embedding file was made from; a file is reused only when this matches exactly. ``source`` describes
+    an encoder that is not a checkpoint (the random-features arm's: preset and seed) and replaces ``ckpt``."""
+    if source is not None:
+        encoder = dict(source)
+    else:
+        st = (ckpt / "model.safetensors").stat()
+        encoder = {"checkpoint": str(ckpt.resolve()), "weights_size": st.st_size, "weights_mtime_ns": st.st_mtime_ns}
+    return {"store": str(store.path.resolve()), "n_records": len(store), **encoder, "segment": segment,
             "window_rule": WINDOW_RULE}
 
 
-def split_embeddings(encoder: DualStreamTemporalNet, store: ECGStore, ckpt: Path, split: str, folder: Path,
+def split_embeddings(encoder: DualStreamTemporalNet, store: ECGStore, ckpt: Path | None, split: str, folder: Path,
                      segment: int = SEGMENT, batch_size: int = 128, device: str | torch.device = "cpu",
-                     progress: bool = False, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     progress: bool = False, rows: np.ndarray | None = None,
+                     source: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rows (N,), features (N, S, D)) of one split's records that hold a segment (or of ``rows``), from
-    ``folder/<split>.npz`` when it matches, else computed and written there (atomically)."""
-    header = embedding_header(store, ckpt, segment)
+    ``folder/<split>.npz`` when it matches, else computed and written there (atomically). ``source``: see
+    :func:`embedding_header`."""
+    header = embedding_header(store, ckpt, segment, source)
     file = folder / f"{split}.npz"
     if rows is None:
         rows = store.split_indices(split)
@@ -141,4 +163,4 @@ def split_embeddings(encoder: DualStreamTemporalNet, store: ECGStore, ckpt: Path
 
 
 __all__ = ["SEGMENT", "checkpoint_preset", "encode_records", "load_encoder", "map_records", "n_segments",
-           "record_segments", "split_embeddings"]
+           "random_encoder", "record_segments", "split_embeddings"]

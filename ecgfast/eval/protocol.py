@@ -1,11 +1,22 @@
 """One cell of the downstream protocol: (task, arm, label fraction, seed) -> a classifier trained under the budget
-rule of :mod:`ecgfast.eval.config`, its epoch chosen on validation, the test patients scored once.
+rule of :mod:`ecgfast.eval.config`, chosen on validation, the test patients scored once.
 
-Arms (METHOD.md): random init, all trainable, Adam lr 1e-3; frozen, a linear head (lr 0.02) on the pretrained
-encoder in eval mode, trained on its cached features (identical to training through the frozen encoder), or with
-``fast_frozen`` an L2 logistic regression on record embeddings (:mod:`ecgfast.eval.probe`); finetuned, backbone
-lr 1e-4 and head lr 0.02. BCE with logits. An epoch shows every training record once, through one of its S segments
-drawn at random; a record's score is the mean of its S segments' logits.
+Arms (METHOD.md, DESIGN.md "Contracts: Evaluation"):
+
+- random init: the whole classifier trains from the weights ``torch.manual_seed(seed)`` gives, Adam lr 1e-3;
+- finetuned: the pretrained encoder with a new head, backbone lr 1e-4, head lr 0.02;
+- frozen: a linear probe on the pretrained encoder's cached features (eval mode), trained to convergence
+  (:mod:`ecgfast.eval.probe`), its L2 penalty chosen on the cell's validation patients; ``frozen_head="adam"``
+  trains the paper's linear head (lr 0.02) on the cached segment features under the step rule instead;
+- random-features: the same probe on the untrained encoder of the same architecture that the random-init arm of the
+  seed starts from (:func:`ecgfast.eval.embed.random_encoder`). Its features are computed once per seed and cached
+  beside the frozen ones: one fixed random encoder for every seed would hide the spread that the choice of
+  initialisation adds, which the random-init arm's interval includes; and a seed's pair (random-features, frozen)
+  then differs only by pretraining. ``frozen - random-features`` is what pretraining put into the representation.
+
+End-to-end arms use BCE with logits; a step shows a batch of records, each through one of its S segments drawn at
+random; a record's score is the mean of its S segments' logits. The probes see a record as the mean of its segments'
+features (the head is linear, so the two agree).
 """
 
 from __future__ import annotations
@@ -24,11 +35,21 @@ from ..data.store import ECGStore
 from ..data.windows import segment_starts
 from ..models.temporalnet import ClassifierHead, DualStreamTemporalNet, ECGClassifier, temporalnet_config
 from ..pretrain.checkpoint import load_weights
-from .config import EvalConfig
-from .embed import checkpoint_preset, load_encoder, map_records, n_segments, record_segments, split_embeddings
-from .probe import select_probe
+from .config import CHECKPOINT_ARMS, END_TO_END_ARMS, EvalConfig
+from .embed import (
+    checkpoint_preset,
+    load_encoder,
+    map_records,
+    n_segments,
+    random_encoder,
+    record_segments,
+    split_embeddings,
+)
+from .probe import L2_GRID, MAX_ITER, select_probe
 from .report import auroc, bootstrap_auroc
-from .tasks import EvalError, FractionDraw, TaskData, patient_labels
+from .tasks import EvalError, FractionDraw, TaskData, judge_cell, patient_labels
+
+PROTOCOL = 4  # version of what a cell computes; saved cells of another version are not reused
 
 
 def batches(y: np.ndarray, batch_size: int, balanced: bool, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -53,45 +74,54 @@ def fit_with_early_stopping(module: torch.nn.Module, optimizer: torch.optim.Opti
                             inputs: Callable[[np.ndarray], torch.Tensor], y: np.ndarray, n_seg: int,
                             score_val: Callable[[], np.ndarray], y_val: np.ndarray, cfg: EvalConfig,
                             rng: np.random.Generator, device: torch.device) -> dict:
-    """The budget rule on records with labels ``y`` (N,), each of ``n_seg`` segments: at most ``cfg.epochs``
-    epochs, each showing every record once through one of its segments drawn at random (sample ``r * n_seg + s``
-    is segment s of record r: what ``inputs`` takes), validation AUROC after each epoch, the best epoch's weights
-    kept (ties: the earlier; NaN never wins), early stop after ``cfg.patience`` epochs without a better one.
-    ``module`` ends in eval mode with the chosen weights."""
-    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    """The step rule on records with labels ``y`` (N,), each of ``n_seg`` segments (sample ``r * n_seg + s`` is
+    segment s of record r: what ``inputs`` takes; a step draws one segment of each record of its batch).
+
+    Validation AUROC every ``cfg.eval_every`` steps (and at the cap); the best step's weights are kept (ties: the
+    earlier; NaN never wins). Evaluations up to ``cfg.min_steps`` never count against patience; after the floor,
+    ``cfg.patience`` evaluations in a row without a better AUROC stop the arm (``stopped_by`` "patience"), else it
+    stops at ``cfg.max_steps`` ("cap": it was still improving, or had not yet run out of patience). ``module`` ends in
+    eval mode with the chosen weights.
+    """
     loss_fn = torch.nn.BCEWithLogitsLoss()
     target = torch.as_tensor(y, dtype=torch.float32, device=device)
     stream = batches(y, cfg.batch_size, cfg.balanced, rng)
+    val_steps: list[int] = []
     history: list[float] = []
-    best, best_state, best_epoch, since = -math.inf, None, 0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        module.train()
-        for _ in range(steps_per_epoch):
-            rec = next(stream)  # (b,) records, then one segment of each at random
-            idx = rec * n_seg + rng.integers(0, n_seg, size=len(rec))
-            loss = loss_fn(module(inputs(idx))[:, 0], target[rec])  # logits (b,) against the records' labels
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    best, best_state, best_step, since, step, stopped_by = -math.inf, None, 0, 0, 0, "cap"
+    module.train()
+    while step < cfg.max_steps:
+        rec = next(stream)  # (b,) records, then one segment of each at random
+        idx = rec * n_seg + rng.integers(0, n_seg, size=len(rec))
+        loss = loss_fn(module(inputs(idx))[:, 0], target[rec])  # logits (b,) against the records' labels
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % cfg.eval_every and step < cfg.max_steps:
+            continue
         module.eval()
         scores = score_val()
+        module.train()
         val = auroc(y_val, scores) if np.isfinite(scores).all() else float("nan")
+        val_steps.append(step)
         history.append(val)
-        if best_state is None or val > best:  # strict: ties keep the earlier epoch
-            best, best_epoch, since = (val if np.isfinite(val) else -math.inf), epoch, 0
+        if best_state is None or val > best:  # strict: ties keep the earlier step
+            best, best_step, since = (val if np.isfinite(val) else -math.inf), step, 0
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        else:
+        elif step > cfg.min_steps:  # patience counts only after the floor
             since += 1
             if since >= cfg.patience:
+                stopped_by = "patience"
                 break
     module.load_state_dict(best_state)
     module.eval()
-    return {"epochs_run": len(history), "steps_per_epoch": steps_per_epoch, "val_auroc": history,
-            "best_epoch": best_epoch, "val_auroc_best": best if np.isfinite(best) else float("nan")}
+    return {"steps": step, "best_step": best_step, "stopped_by": stopped_by, "val_steps": val_steps,
+            "val_auroc": history, "val_auroc_best": best if np.isfinite(best) else float("nan")}
 
 
 class Evaluator:
-    """Runs cells on one store; holds the store, the checkpoint and the frozen features (computed once)."""
+    """Runs cells on one store; holds the store, the checkpoint and the cached features (computed once per encoder)."""
 
     def __init__(self, cfg: EvalConfig):
         self.store = ECGStore(cfg.store)  # refuses a store whose splits mix patients
@@ -102,35 +132,50 @@ class Evaluator:
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.ckpt, self.preset = (None, cfg.model)
         if cfg.checkpoint:
-            self.ckpt, self.preset = checkpoint_preset(cfg.checkpoint)
-        needs = [a for a in cfg.arms if a != "random"]
+            self.ckpt, self.preset = checkpoint_preset(cfg.checkpoint)  # random arms take its architecture too
+        needs = [a for a in cfg.arms if a in CHECKPOINT_ARMS]
         if needs and self.ckpt is None:
             raise EvalError(f"arm(s) {needs} need a pretrained encoder: pass --checkpoint (a pretraining run or "
-                            "checkpoint folder), or run --arms random")
-        self._features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                            "checkpoint folder), or run --arms random random-features")
+        self._features: dict[int | None, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def fingerprint(self, arm: str) -> dict:
         """The settings a cell's result depends on; a saved cell is reused only when they match."""
         c = self.cfg
-        fp = {"store": str(Path(c.store).resolve()), "epochs": c.epochs, "patience": c.patience,
-              "batch_size": c.batch_size, "balanced": c.balanced, "segment": c.segment, "n_boot": c.n_boot,
-              "preset": self.preset, "missing_as_negative": c.missing_as_negative, "val_source": c.val_source,
-              "val_share": c.val_share, "protocol": 3}  # not the worker count: it does not change what is computed
-        if arm == "random":
-            fp["lr"] = c.lr_random
+        fp = {"store": str(Path(c.store).resolve()), "segment": c.segment, "n_boot": c.n_boot, "preset": self.preset,
+              "missing_as_negative": c.missing_as_negative, "val_source": c.val_source, "val_share": c.val_share,
+              "balanced": c.balanced, "protocol": PROTOCOL}  # not the worker count: it does not change what is computed
+        steps = {"min_steps": c.min_steps, "eval_every": c.eval_every, "patience": c.patience,
+                 "max_steps": c.max_steps, "batch_size": c.batch_size}
+        if arm in END_TO_END_ARMS:
+            fp.update(steps)
+            fp.update(lr=c.lr_random) if arm == "random" else fp.update(lr_backbone=c.lr_backbone, lr_head=c.lr_head)
         else:
-            fp.update(checkpoint=str(self.ckpt.resolve()), lr_head=c.lr_head)
-            fp.update(fast_frozen=c.fast_frozen) if arm == "frozen" else fp.update(lr_backbone=c.lr_backbone)
+            fp["frozen_head"] = c.frozen_head
+            fp.update({"l2_grid": list(L2_GRID), "max_iter": MAX_ITER} if c.frozen_head == "probe"
+                      else {**steps, "lr_head": c.lr_head})
+            if arm == "random-features":
+                fp["encoder"] = "untrained, torch.manual_seed(seed)"
+        if arm in CHECKPOINT_ARMS:
+            fp["checkpoint"] = str(self.ckpt.resolve())
         return fp
 
-    def features(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per split (rows, (N, S, D) features) of the frozen encoder, cached in ``<out>/embeddings``."""
-        if self._features is None:
-            encoder, ckpt, _ = load_encoder(self.ckpt, self.device)
-            self._features = {s: split_embeddings(encoder, self.store, ckpt, s, Path(self.cfg.out) / "embeddings",
-                                                  self.cfg.segment, self.cfg.eval_batch_size, self.device,
-                                                  self.cfg.progress) for s in SPLITS}
-        return self._features
+    def features(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per split (rows, (N, S, D) features) of the pretrained encoder (``seed`` None) or of the untrained encoder
+        of ``seed`` (the random-features arm), cached in ``<out>/embeddings`` (one pass per encoder and segment)."""
+        if seed not in self._features:
+            folder = Path(self.cfg.out) / "embeddings"
+            if seed is None:
+                encoder, ckpt, _ = load_encoder(self.ckpt, self.device)
+                source = None
+            else:
+                encoder, ckpt = random_encoder(self.preset, seed, self.device), None
+                source = {"random_init": self.preset, "seed": seed, "torch": torch.__version__.split("+")[0]}
+                folder = folder / f"random-init-{self.preset}-s{seed}"
+            self._features[seed] = {s: split_embeddings(encoder, self.store, ckpt, s, folder, self.cfg.segment,
+                                                        self.cfg.eval_batch_size, self.device, self.cfg.progress,
+                                                        source=source) for s in SPLITS}
+        return self._features[seed]
 
     def run_cell(self, task: TaskData, arm: str, fraction: float, seed: int, codes: np.ndarray,
                  draw: FractionDraw) -> dict:
@@ -151,26 +196,28 @@ class Evaluator:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             rng = np.random.default_rng([seed, 2])
-            cell = self._frozen if arm == "frozen" else self._end_to_end
-            result, score_test = cell(arm, rows, y_rec, val_rows, y_val, task.rows["test"], rng)
+            cell = self._end_to_end if arm in END_TO_END_ARMS else self._on_features
+            result, score_test = cell(arm, seed, rows, y_rec, val_rows, y_val, task.rows["test"], rng)
         y_test, finite = task.y["test"], bool(np.isfinite(score_test).all())  # a diverged model scores NaN
         lo, hi = (bootstrap_auroc(y_test, score_test, task.patients["test"], n_boot=self.cfg.n_boot, seed=seed)
                   if finite else (float("nan"),) * 2)
         _, train_lab = patient_labels(y_rec, task.patients["train"][train_keep])
         _, val_lab = patient_labels(y_val, val_patients)
+        usable, why, levels = judge_cell(train_lab, val_lab, y_val)  # counts only: the same for every arm
         return {"task": task.name, "arm": arm, "fraction": fraction, "seed": seed, **result,
                 "test_auroc": auroc(y_test, score_test) if finite else float("nan"), "test_lo": lo, "test_hi": hi,
+                "usable": usable, "unusable_reason": why, "val_auroc_levels": levels,
                 "n_train_patients": len(train_lab), "n_train_positive_patients": int(train_lab.sum()),
                 "n_val_patients": len(val_lab), "n_val_positive_patients": int(val_lab.sum()),
                 "n_train_records": len(rows), "n_test_records": len(y_test),
                 "n_test_patients": len(np.unique(task.patients["test"])),
                 "seconds": round(time.perf_counter() - t0, 2), "settings": self.fingerprint(arm)}
 
-    def _end_to_end(self, arm: str, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray, y_val: np.ndarray,
-                    test_rows: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+    def _end_to_end(self, arm: str, seed: int, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray,
+                    y_val: np.ndarray, test_rows: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
         """Random-init or finetuned arm: the whole classifier trains on the segments of records ``rows``."""
         cfg, n_seg, store = self.cfg, self.segments, self.store
-        model = ECGClassifier(DualStreamTemporalNet(temporalnet_config(self.preset)))
+        model = ECGClassifier(DualStreamTemporalNet(temporalnet_config(self.preset)))  # encoder first: random_encoder
         if arm == "finetuned":
             load_weights(model.encoder, self.ckpt)
             opt = torch.optim.Adam(model.parameter_groups(backbone_lr=cfg.lr_backbone, head_lr=cfg.lr_head))
@@ -193,12 +240,12 @@ class Evaluator:
                                          self.device)
         return {**result, "method": "end to end"}, score(test_rows)
 
-    def _frozen(self, arm: str, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray, y_val: np.ndarray,
-                test_rows: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
-        """Frozen arm on the cached features: a linear head trained under the same rule as the other arms, or
-        (``fast_frozen``) a logistic regression on record embeddings."""
+    def _on_features(self, arm: str, seed: int, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray,
+                     y_val: np.ndarray, test_rows: np.ndarray, rng: np.random.Generator) -> tuple[dict, np.ndarray]:
+        """Frozen or random-features arm on cached features: the probe, or (``frozen_head="adam"``) a linear head
+        trained under the step rule."""
         cfg, n_seg = self.cfg, self.segments
-        have = self.features()  # split -> (rows ascending, (N, S, D) features)
+        have = self.features(seed if arm == "random-features" else None)  # split -> (rows ascending, (N, S, D))
         all_rows = np.concatenate([have[s][0] for s in SPLITS])
         all_feats = np.concatenate([have[s][1] for s in SPLITS])
         order = np.argsort(all_rows)
@@ -206,11 +253,13 @@ class Evaluator:
         for name, want in (("train", rows), ("val", val_rows), ("test", test_rows)):
             pos = order[np.searchsorted(all_rows[order], want)]
             feats[name] = torch.from_numpy(all_feats[pos]).to(self.device)
-        if cfg.fast_frozen:
+        encoder = "an untrained encoder's" if arm == "random-features" else "the pretrained encoder's"
+        if cfg.frozen_head == "probe":
             x = {k: v.mean(dim=1).double().cpu().numpy() for k, v in feats.items()}  # (N, D): segments averaged
             probe = select_probe(x["train"], y_rec, x["val"], y_val, cfg.balanced)
-            return ({"method": "logistic regression on frozen embeddings", "l2": probe.l2,
-                     "val_auroc_best": probe.val_auroc, "epochs_run": 0}, probe.decision_function(x["test"]))
+            return ({"method": f"logistic regression on {encoder} features", "l2": probe.l2,
+                     "val_auroc_best": probe.val_auroc, "steps": probe.n_iter,
+                     "stopped_by": "converged" if probe.converged else "cap"}, probe.decision_function(x["test"]))
         d = feats["train"].shape[-1]
         head = ClassifierHead(d).to(self.device)  # (b, 1, D) -> (b, 1) logits: the classifier's linear head
         opt = torch.optim.Adam(head.parameters(), lr=cfg.lr_head)
@@ -223,7 +272,7 @@ class Evaluator:
 
         result = fit_with_early_stopping(head, opt, lambda idx: flat[torch.from_numpy(idx)], y_rec, n_seg,
                                          lambda: score("val"), y_val, cfg, rng, self.device)
-        return {**result, "method": "linear head on cached frozen features"}, score("test")
+        return {**result, "method": f"linear head (Adam) on {encoder} cached features"}, score("test")
 
 
-__all__ = ["Evaluator", "batches", "fit_with_early_stopping"]
+__all__ = ["PROTOCOL", "Evaluator", "batches", "fit_with_early_stopping"]

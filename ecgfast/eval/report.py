@@ -8,9 +8,14 @@
   with ``sample_weight``.
 - :func:`seed_interval` is a Student-t interval over seeds (mean +- t_{0.975, n-1} * sd / sqrt(n)); with a
   single seed there is no spread to measure and that seed's patient-bootstrap interval stands in, labelled so.
-- :func:`summarize` gives one row per (task, fraction, arm) with the mean over seeds, its interval, and the gain
-  of a pretrained arm over random init, paired by seed (the same seed draws the same labelled patients for every
-  arm, so the difference per seed removes the draw's luck).
+- :func:`summarize` gives one row per (task, fraction, arm) with the mean over the usable seeds, its interval, how
+  many seeds were usable and how many stopped at the cap, and the gain of each arm over its control
+  (:data:`ecgfast.eval.config.GAINS`: ``frozen - random-features``, what pretraining put into the representation;
+  ``finetuned - random``, what it buys end to end), paired by seed (the same seed draws the same labelled patients
+  for every arm, so the difference per seed removes the draw's luck). A seed is usable when its draw can be judged
+  (:func:`ecgfast.eval.tasks.judge_cell`, the same for every arm); where no seed is, the mean over all seeds is
+  shown and marked "not judged".
+- :func:`markdown_table` and :func:`protocol_notes` make summary.md; the plot is :mod:`ecgfast.eval.plot`.
 """
 
 from __future__ import annotations
@@ -25,32 +30,9 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-ARM_ORDER = ("random", "frozen", "finetuned")
-ARM_COLORS = {"random": "tab:gray", "frozen": "tab:blue", "finetuned": "tab:orange"}
-#: Names in words of the labels ecgfast knows (SNOMED-CT codes of the CinC challenges, PTB-XL statements), for plots.
-TASK_NAMES = {
-    "NORM": "normal ECG", "MI": "myocardial infarction", "STTC": "ST/T change", "CD": "conduction disturbance",
-    "HYP": "hypertrophy", "AFIB": "atrial fibrillation", "CLBBB": "complete LBBB", "CRBBB": "complete RBBB",
-    "IRBBB": "incomplete RBBB", "LAFB": "left anterior fascicular block", "1AVB": "first-degree AV block",
-    "LVH": "left ventricular hypertrophy", "PVC": "ventricular ectopics", "PAC": "atrial ectopics",
-    "STACH": "sinus tachycardia", "SBRAD": "sinus bradycardia", "SR": "sinus rhythm", "IMI": "inferior MI",
-    "ASMI": "anteroseptal MI", "AMI": "anterior MI",
-    "164889003": "atrial fibrillation", "164890007": "atrial flutter", "426783006": "sinus rhythm",
-    "270492004": "first-degree AV block", "164909002": "LBBB", "59118001": "RBBB", "713427006": "complete RBBB",
-    "284470004": "premature atrial contraction", "427172004": "premature ventricular contraction",
-    "164934002": "T-wave abnormal", "59931005": "T-wave inversion", "426177001": "sinus bradycardia",
-    "427084000": "sinus tachycardia", "39732003": "left axis deviation", "164873001": "LVH",
-    "251146004": "low QRS voltage", "10370003": "pacing rhythm", "164917005": "Q wave abnormal",
-    "low_ef": "low-EF-like phenotype (synthetic)", "hyperk": "hyperkalemia-like phenotype (synthetic)",
-    "af": "atrial fibrillation (synthetic)",
-}
-
-
-def task_title(task: str) -> str:
-    """``task`` with its name in words where ecgfast knows the code: ``dx:164889003 (atrial fibrillation)``."""
-    code = task.split(":", 1)[-1]
-    name = TASK_NAMES.get(code)
-    return f"{task} ({name})" if name and name != task else task
+from .config import ARMS as ARM_ORDER
+from .config import GAINS
+from .tasks import MIN_CLASS_PATIENTS, MIN_VAL_AUROC_LEVELS
 
 
 def auroc(y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
@@ -138,37 +120,49 @@ def seed_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     return mean, float(mean - half), float(mean + half)
 
 
+def _cap_count(cells: pd.DataFrame) -> int:
+    return int((cells["stopped_by"] == "cap").sum()) if "stopped_by" in cells else 0
+
+
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """One row per (task, fraction, arm) from per-cell ``results`` (columns task, arm, fraction, seed,
-    test_auroc, test_lo, test_hi).
+    test_auroc, test_lo, test_hi; optional usable, stopped_by and the patient counts).
 
-    Columns: n_seeds, mean, lo, hi (clipped to [0, 1]), interval ("t over seeds", or "bootstrap" with one
-    seed), boot_lo and
-    boot_hi (per-seed patient-bootstrap bounds averaged over seeds), gain_mean, gain_lo, gain_hi (the arm
-    minus random init, paired by seed, t-interval; NaN for random itself or without a random arm).
+    Columns: n_seeds, n_usable (seeds whose cell can be judged), judged (any usable seed: the statistics are over
+    the usable seeds, else over all and marked), mean, lo, hi (clipped to [0, 1]), interval ("t over seeds", or
+    "bootstrap" with one seed), boot_lo and boot_hi (per-seed patient-bootstrap bounds averaged over seeds),
+    n_cap (seeds stopped at the cap), gain_vs (the control of ``GAINS``), gain_mean, gain_lo, gain_hi (the arm
+    minus its control, paired by seed, t-interval; NaN without the control), and the first seed's patient counts.
     """
     rows = []
     for (task, fraction), block in results.groupby(["task", "fraction"], sort=True):
-        random = block[block["arm"] == "random"].set_index("seed")["test_auroc"]
-        for arm in [a for a in ARM_ORDER if a in set(block["arm"])]:
-            cells = block[block["arm"] == arm].sort_values("seed")
-            mean, lo, hi = np.clip(seed_interval(cells["test_auroc"]), 0.0, 1.0)  # bounds beyond [0, 1] say nothing
+        usable = (block.groupby("seed")["usable"].all().astype(bool) if "usable" in block
+                  else pd.Series(True, index=sorted(set(block["seed"]))))
+        good = set(usable.index[usable])
+        by_arm = {a: block[block["arm"] == a].sort_values("seed") for a in ARM_ORDER if a in set(block["arm"])}
+        for arm, cells in by_arm.items():
+            judged = bool(good & set(cells["seed"]))
+            use = cells[cells["seed"].isin(good)] if judged else cells
+            mean, lo, hi = np.clip(seed_interval(use["test_auroc"]), 0.0, 1.0)  # bounds beyond [0, 1] say nothing
             interval = "t over seeds"
-            if len(cells) == 1:
-                lo, hi, interval = float(cells["test_lo"].iloc[0]), float(cells["test_hi"].iloc[0]), "bootstrap"
-            gain = (float("nan"),) * 3
-            if arm != "random":
-                paired = cells.set_index("seed")["test_auroc"].sub(random).dropna()
+            if len(use) == 1:
+                lo, hi, interval = float(use["test_lo"].iloc[0]), float(use["test_hi"].iloc[0]), "bootstrap"
+            control, gain = GAINS.get(arm), (float("nan"),) * 3
+            if control in by_arm:
+                base = by_arm[control].set_index("seed")["test_auroc"]
+                paired = use.set_index("seed")["test_auroc"].sub(base).dropna()
                 if len(paired):
                     gain = tuple(np.clip(seed_interval(paired), -1.0, 1.0))
+            first = cells.iloc[0]
             rows.append({"task": task, "fraction": float(fraction), "arm": arm, "n_seeds": len(cells),
+                         "n_usable": len(good & set(cells["seed"])), "judged": judged,
                          "mean": mean, "lo": lo, "hi": hi, "interval": interval,
-                         "boot_lo": float(cells["test_lo"].mean()), "boot_hi": float(cells["test_hi"].mean()),
+                         "boot_lo": float(use["test_lo"].mean()), "boot_hi": float(use["test_hi"].mean()),
+                         "n_cap": _cap_count(cells), "gain_vs": control if control in by_arm else None,
                          "gain_mean": gain[0], "gain_lo": gain[1], "gain_hi": gain[2],
-                         "n_train_patients": int(cells["n_train_patients"].iloc[0])
-                         if "n_train_patients" in cells else -1,
-                         "n_val_patients": int(cells["n_val_patients"].iloc[0])
-                         if "n_val_patients" in cells else -1})
+                         **{k: int(first[k]) if k in cells else -1
+                            for k in ("n_train_patients", "n_train_positive_patients", "n_val_patients",
+                                      "n_val_positive_patients")}})
     return pd.DataFrame(rows)
 
 
@@ -181,75 +175,47 @@ def _fmt(mean: float, lo: float, hi: float, signed: bool = False) -> str:
     return f"{m} [{lo:+.3f}, {hi:+.3f}]" if signed else f"{m} [{lo:.3f}, {hi:.3f}]"
 
 
+def _entry(row: pd.Series, cols: tuple[str, str, str], signed: bool = False, caps: bool = True) -> str:
+    """One table entry: "mean [lo, hi]", "cap k/n" where k seeds stopped at the cap, "not judged (mean)" where no
+    seed could be judged."""
+    if not row["judged"]:
+        return f"not judged ({row[cols[0]]:+.3f})" if signed else f"not judged ({row[cols[0]]:.3f})"
+    text = _fmt(*row[list(cols)], signed=signed)
+    return text + (f" cap {int(row['n_cap'])}/{int(row['n_seeds'])}" if caps and row["n_cap"] else "")
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
-    """Task x fraction rows, one column per arm ("mean [lo, hi]"), then one gain column per pretrained arm."""
+    """Task x fraction rows: the first seed's train / val patients (positive ones), the usable seeds, one column per
+    arm ("mean [lo, hi]", flagged "cap k/n" or "not judged"), then one column per gain of ``GAINS``."""
     arms = [a for a in ARM_ORDER if a in set(summary["arm"])]
-    gains = [a for a in arms if a != "random"] if "random" in arms else []
-    header = ["task", "labels", "train / val patients", *arms, *(f"{a} - random" for a in gains)]
+    gains = [a for a in GAINS if a in arms and GAINS[a] in arms]
+    header = ["task", "labels", "train / val patients (positive)", "usable seeds", *arms,
+              *(f"{a} - {GAINS[a]}" for a in gains)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
     for (task, fraction), block in summary.groupby(["task", "fraction"], sort=True):
         by_arm = block.set_index("arm")
         first = block.iloc[0]
-        cells = [task, f"{fraction:g} %", f"{int(first['n_train_patients'])} / {int(first['n_val_patients'])}"]
-        cells += [_fmt(*by_arm.loc[a, ["mean", "lo", "hi"]]) if a in by_arm.index else "-" for a in arms]
-        cells += [_fmt(*by_arm.loc[a, ["gain_mean", "gain_lo", "gain_hi"]], signed=True)
+        counts = (f"{int(first['n_train_patients'])} ({int(first['n_train_positive_patients'])}) / "
+                  f"{int(first['n_val_patients'])} ({int(first['n_val_positive_patients'])})")
+        cells = [task, f"{fraction:g} %", counts, f"{int(block['n_usable'].max())}/{int(block['n_seeds'].max())}"]
+        cells += [_entry(by_arm.loc[a], ("mean", "lo", "hi")) if a in by_arm.index else "-" for a in arms]
+        cells += [_entry(by_arm.loc[a], ("gain_mean", "gain_lo", "gain_hi"), signed=True, caps=False)
                   if a in by_arm.index else "-" for a in gains]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot_auroc_vs_fraction(summary: pd.DataFrame, path: str | Path) -> Path:
-    """AUROC against label fraction (log x axis), one line per arm with its interval band, one panel per task,
-    titled with the task's name in words; the legend sits outside the panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    tasks = sorted(summary["task"].unique())
-    cols = min(len(tasks), 3)
-    rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows + 0.6), squeeze=False, sharey=True)
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        block = summary[summary["task"] == task]
-        for arm in [a for a in ARM_ORDER if a in set(block["arm"])]:
-            r = block[block["arm"] == arm].sort_values("fraction")
-            ax.plot(r["fraction"], r["mean"], marker="o", color=ARM_COLORS[arm], label=arm)
-            ok = np.isfinite(r["lo"]) & np.isfinite(r["hi"])
-            ax.fill_between(r["fraction"][ok], r["lo"][ok].clip(0, 1), r["hi"][ok].clip(0, 1),
-                            color=ARM_COLORS[arm], alpha=0.18, linewidth=0)
-        fractions = sorted(block["fraction"].unique())
-        ax.set_xscale("log")
-        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
-        ax.minorticks_off()
-        ax.axhline(0.5, color="black", linewidth=0.6, linestyle=":")
-        ax.set_title(task_title(task), fontsize=10)
-        ax.set_xlabel("labelled training patients (%)")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
-    one_seed = bool((summary["interval"] == "bootstrap").any())
-    band = ("one seed: 95 % patient-bootstrap interval" if one_seed
-            else "mean over seeds, 95 % t-interval")
-    for ax in axes[:, 0]:
-        ax.set_ylabel(f"test AUROC\n({band})")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def protocol_notes(settings: dict, tasks: dict[str, dict], extra: Sequence[str] = ()) -> list[str]:
     """The header of the report: how its numbers were made (``settings``: EvalConfig as a dict; ``tasks``: task ->
     its counts, as ``TaskData.describe`` gives them; ``extra``: further lines, e.g. the pretraining-data check)."""
-    arms = settings["arms"]
+    arms, probe = settings["arms"], settings.get("frozen_head", "probe") == "probe"
+    on_features = ("an L2 logistic regression on its standardised features (segments averaged), trained to "
+                   "convergence, penalty chosen on validation AUROC" if probe else
+                   f"a linear head (Adam lr {settings['lr_head']:g}) on its cached features, under the step rule")
     arm_text = {"random": f"random init (all trainable, Adam lr {settings['lr_random']:g})",
-                "frozen": ("frozen encoder, L2 logistic regression on its embeddings, penalty chosen on validation"
-                           if settings.get("fast_frozen") else
-                           f"frozen encoder, linear head (Adam lr {settings['lr_head']:g}) on its features"),
+                "random-features": "random-features (the untrained encoder the random-init arm of the seed starts "
+                                   f"from, frozen; {on_features})",
+                "frozen": f"frozen pretrained encoder ({on_features})",
                 "finetuned": f"finetuned (backbone lr {settings['lr_backbone']:g}, head lr {settings['lr_head']:g})"}
     val = ("carved from each cell's labelled training patients: every "
            f"{max(2, round(1 / settings['val_share']))}th of each class's drawn patients (at least one per class, "
@@ -258,22 +224,29 @@ def protocol_notes(settings: dict, tasks: dict[str, dict], extra: Sequence[str] 
            else "the store's val split (its own patients, fully labelled)")
     notes = [
         "Arms: " + "; ".join(arm_text[a] for a in arms) + ". BCE with logits.",
-        f"Budget rule, the same for every arm: at most {settings['epochs']} epochs of its labelled training records "
-        f"(batch {settings['batch_size']}), validation AUROC after every epoch, the best epoch's weights kept "
-        f"(ties: the earlier), early stop after {settings['patience']} epochs without improvement; test scored once."
-        + (" The frozen arm's logistic regression instead chooses its penalty on validation." if "frozen" in arms
-           and settings.get("fast_frozen") else "")
+        f"Budget rule, the same for every end-to-end arm{'' if probe else ' and head'}: at least "
+        f"{settings['min_steps']} optimiser steps (batch {settings['batch_size']}) whatever the label fraction, "
+        f"validation AUROC every {settings['eval_every']} steps, the best step's weights kept (ties: the earlier), "
+        f"then a stop after {settings['patience']} evaluations without improvement past the floor, at most "
+        f"{settings['max_steps']} steps; test scored once. 'cap k/n': k of n seeds stopped at the cap (the probe: at "
+        "its iteration cap) before patience ran out, still improving: the budget, not the arm, set their score."
         + (f" Sized for this run: {settings['budget_note']}." if settings.get("budget_note") else ""),
-        f"Seeds: {settings['seeds']} per cell. Test AUROC per record: mean over seeds [95 % Student-t interval over "
-        "seeds, clipped to [0, 1]; one seed: its patient-bootstrap interval]. Gain: arm minus random init, paired by "
-        "seed.",
+        f"Seeds: {settings['seeds']} per cell. Test AUROC per record: mean over the usable seeds [95 % Student-t "
+        "interval over seeds, clipped to [0, 1]; one seed: its patient-bootstrap interval]. Gains: frozen minus "
+        "random-features (what pretraining put into the representation) and finetuned minus random init, paired "
+        "by seed.",
+        f"Usable seeds: a cell is judged only with at least {MIN_CLASS_PATIENTS} patients of each class on its "
+        f"training side and on its validation side, and a validation AUROC that can take at least "
+        f"{MIN_VAL_AUROC_LEVELS} values (positive x negative validation records + 1); otherwise the chosen step is "
+        "noise. The rule reads counts only, so it marks the same seeds for every arm. 'not judged (x)': no usable "
+        "seed, x the mean over all seeds.",
         f"Per cell (results.csv test_lo/test_hi): 95 % percentile interval over {settings['n_boot']} resamples of "
         "test patients.",
         f"Validation: {val}.",
         "Labels: stratified, nested samples of training patients" + (". Class-balanced batches."
                                                                     if settings.get("balanced") else "."),
-        "Records are cut into 5 s segments from their valid samples: an epoch shows every training record once, "
-        "through one of its segments drawn at random; a record's score is the mean of its segments' logits.",
+        "Records are cut into 5 s segments from their valid samples: a step shows each record of its batch through "
+        "one of its segments drawn at random; a record's score is the mean of its segments' logits.",
         *extra,
     ]
     for task, d in tasks.items():
@@ -303,6 +276,8 @@ def write_reports(results: pd.DataFrame, out: str | Path, header: dict) -> pd.Da
     notes = header.get("notes", [])
     md = ["# Downstream evaluation", "", *(f"- {n}" for n in notes), "", markdown_table(summary)]
     (out / "summary.md").write_text("\n".join(md))
+    from .plot import plot_auroc_vs_fraction  # matplotlib loads only here
+
     plot_auroc_vs_fraction(summary, out / "auroc_vs_fraction.png")
     return summary
 
@@ -311,5 +286,5 @@ def _arm_key(col: pd.Series) -> pd.Series:
     return col.map({a: i for i, a in enumerate(ARM_ORDER)}) if col.name == "arm" else col
 
 
-__all__ = ["TASK_NAMES", "auroc", "bootstrap_auroc", "markdown_table", "plot_auroc_vs_fraction", "protocol_notes",
-           "seed_interval", "summarize", "task_title", "weighted_auroc", "write_reports"]
+__all__ = ["auroc", "bootstrap_auroc", "markdown_table", "protocol_notes", "seed_interval", "summarize",
+           "weighted_auroc", "write_reports"]

@@ -29,7 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.store import write_json_atomic
-from ..pretrain.provenance import leakage_check
+from ..pretrain.provenance import leakage_check, load_provenance
 from .config import EvalConfig
 from .protocol import Evaluator
 from .report import protocol_notes, write_reports
@@ -38,9 +38,11 @@ from .tasks import EvalError, load_task, patient_labels, sample_fractions
 log = logging.getLogger("ecgfast.eval")
 
 RESULT_COLUMNS = ("task", "arm", "fraction", "seed", "method", "test_auroc", "test_lo", "test_hi", "val_auroc_best",
-                  "best_epoch", "epochs_run", "l2", "n_train_patients", "n_train_positive_patients", "n_val_patients",
-                  "n_val_positive_patients", "n_train_records", "n_test_records", "n_test_patients", "seconds")
-_CELL = re.compile(r"^(?P<task>.+)__(?P<arm>random|frozen|finetuned)__f(?P<f>[0-9.e+-]+)__s(?P<seed>\d+)\.json$")
+                  "steps", "best_step", "stopped_by", "l2", "usable", "unusable_reason", "val_auroc_levels",
+                  "n_train_patients", "n_train_positive_patients", "n_val_patients", "n_val_positive_patients",
+                  "n_train_records", "n_test_records", "n_test_patients", "seconds")
+_CELL = re.compile(r"^(?P<task>.+)__(?P<arm>random-features|random|frozen|finetuned)__f(?P<f>[0-9.e+-]+)"
+                   r"__s(?P<seed>\d+)\.json$")
 
 
 def cell_path(out: str | Path, task: str, arm: str, fraction: float, seed: int) -> Path:
@@ -104,6 +106,8 @@ def _run_cells(ev: Evaluator, cfg: EvalConfig, pending: list[tuple], tasks: dict
             return
         if any(key[1] == "frozen" for key in pending):
             ev.features()  # the frozen features once, here; the workers read them from the cache
+        for seed in sorted({key[3] for key in pending if key[1] == "random-features"}):
+            ev.features(seed)  # and each seed's untrained encoder's, once
         threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
                       // cfg.workers)
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
@@ -144,8 +148,10 @@ def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
     tasks = {name: load_task(ev.store, name, cfg.missing_as_negative, cfg.segment) for name in cfg.tasks}
     extra = []
     if ev.ckpt is not None:
-        provenance_file = ev.ckpt / "provenance.json"
-        provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else None
+        try:
+            provenance = load_provenance(ev.ckpt)  # v2 keyed hashes, a v1 dict, or None (made elsewhere)
+        except ValueError as exc:
+            raise EvalError(f"cannot check what the encoder was pretrained on: {exc}") from exc
         test_rows = np.unique(np.concatenate([t.rows["test"] for t in tasks.values()]))
         status, sentence = leakage_check(provenance, ev.store, test_rows)
         if status == "leak":

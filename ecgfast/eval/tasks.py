@@ -9,6 +9,11 @@ pattern over their drawn order, into training and validation patients: position 
 patient on each side, both sets are nested over fractions, and they never share a patient. A fraction therefore
 keeps at least two patients of each class (one to train, one to validate); where f % would keep fewer, it keeps
 two and the report shows the real counts.
+
+Some cells cannot be judged (:func:`judge_cell`): with fewer than :data:`MIN_CLASS_PATIENTS` patients of a class on
+the training or the validation side, or a validation AUROC that can take fewer than :data:`MIN_VAL_AUROC_LEVELS`
+values, the chosen step (or penalty) is noise and the test score says little about the arm. The rule reads only the
+draw's counts, never a score, so it marks the same seeds for every arm and paired gains stay paired.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from ..data.store import ECGStore
 from ..data.windows import usable
 
 CODE_LIST_PREFIXES = ("dx:", "scp:")  # labels that list positives only: missing means negative
+MIN_CLASS_PATIENTS = 3  # patients of each class a cell needs on its training side and on its validation side
+MIN_VAL_AUROC_LEVELS = 20  # values a validation AUROC must be able to take (n_pos * n_neg + 1 records): steps <= 0.05
 
 
 class EvalError(ValueError):
@@ -189,5 +196,29 @@ def sample_fractions(labels: np.ndarray, fractions: Sequence[float], seed: int, 
     return out
 
 
-__all__ = ["CODE_LIST_PREFIXES", "EvalError", "FractionDraw", "TaskData", "format_task_counts", "load_task",
-           "patient_labels", "sample_fractions", "task_counts"]
+def judge_cell(train_patient_labels: np.ndarray, val_patient_labels: np.ndarray,
+               val_record_labels: np.ndarray) -> tuple[bool, str, int]:
+    """Whether a cell can be judged, from its counts alone (module docstring).
+
+    Args:
+        train_patient_labels, val_patient_labels: (P,) 0/1 label of each patient on either side.
+        val_record_labels: (N,) 0/1 labels of the validation records (what the validation AUROC is over).
+
+    Returns:
+        (usable, why not: "" or the failed rules joined by "; ", how many values the validation AUROC can take).
+    """
+    why = []
+    for side, lab in (("train", train_patient_labels), ("val", val_patient_labels)):
+        lab = np.asarray(lab)
+        for name, n in (("positive", int((lab == 1).sum())), ("negative", int((lab == 0).sum()))):
+            if n < MIN_CLASS_PATIENTS:
+                why.append(f"{n} {name} {side} patient{'s' * (n != 1)}")
+    y = np.asarray(val_record_labels)
+    levels = int((y == 1).sum()) * int((y == 0).sum()) + 1  # rank statistic U in 0..n_pos*n_neg, ties aside
+    if levels < MIN_VAL_AUROC_LEVELS:
+        why.append(f"val AUROC takes {levels} values")
+    return not why, "; ".join(why), levels
+
+
+__all__ = ["CODE_LIST_PREFIXES", "EvalError", "FractionDraw", "MIN_CLASS_PATIENTS", "MIN_VAL_AUROC_LEVELS", "TaskData",
+           "format_task_counts", "judge_cell", "load_task", "patient_labels", "sample_fractions", "task_counts"]

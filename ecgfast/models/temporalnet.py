@@ -297,7 +297,11 @@ class DualStreamTemporalNet(nn.Module):
         Each stream has its own projection head. The head is affine, so projecting the mean lead feature
         equals averaging the projected lead embeddings (the authors' order) and costs L times less.
         """
-        h = self(x)  # (B, S, feature_dim)
+        return self.project(self(x))
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Stream features (B, n_streams, feature_dim) -> stream embeddings (B, n_streams, proj_dim), each stream
+        through its own projection head: for a caller that needs both (the pretraining monitor)."""
         return torch.stack([net.project(h[:, i]) for i, net in enumerate(self.streams)], dim=1)
 
     def checkpoint_blocks(self, enabled: bool = True) -> DualStreamTemporalNet:

@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         rate = f", {summary['ecgs_per_s']:.1f} ECGs/s" if summary["ecgs_per_s"] else ""
         what = (f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "nothing left to train")
         print(f"ecgfast-train: {summary['steps']} steps, {what}{rate}; checkpoint {summary['checkpoint']}")
+        for line in summary["monitor"]:  # is it learning: the probes and the effective rank now vs at step 0
+            print(f"ecgfast-train: {line}")
     return EXIT_OK
 
 

@@ -68,6 +68,8 @@ class TrainConfig:
     out: str = "runs/pretrain"  # run folder: config.toml, metrics.csv, checkpoints/
     ckpt_every: int = 500  # steps between checkpoints (and one at the end)
     log_every: int = 10  # steps between throughput measurements (ecgs_per_s in metrics.csv and the progress bar)
+    monitor_every: int = 1000  # steps between validation measures (rankme, probe AUROCs), also at 0 and end; 0: off
+    monitor_ecgs: int = 512  # validation ECGs the monitor embeds (a fixed sample; all of them when fewer)
     max_nonfinite: int = 20  # consecutive non-finite losses tolerated before the run stops
     progress: bool = True  # progress bar
 
@@ -88,6 +90,10 @@ class TrainConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.workers < 0 or self.max_nonfinite < 0:
             raise ConfigError(f"workers and max_nonfinite must be >= 0, got {self.workers}, {self.max_nonfinite}")
+        if self.monitor_every < 0:
+            raise ConfigError(f"monitor_every must be >= 0 (0 turns the monitor off), got {self.monitor_every}")
+        if self.monitor_ecgs < 2:
+            raise ConfigError(f"monitor_ecgs must be >= 2 (uniformity needs pairs), got {self.monitor_ecgs}")
         for name in ("lr", "adam_eps", "grad_clip"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)}")

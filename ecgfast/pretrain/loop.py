@@ -55,6 +55,7 @@ from .config import ConfigError, TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
 from .memory import device_capacity, plan_memory
+from .monitor import PretrainMonitor
 from .provenance import Provenance, load_provenance, merge, pretraining_provenance, store_fingerprint
 from .resume import check_resume
 from .run_folder import RunFolderError, claim_run_folder, record_history
@@ -263,9 +264,15 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
             tmp.write_text(to_toml(config))
         record_history(out, "resume" if ckpt is not None else "start", step, precision=precision,
                        changed={k: list(v) for k, v in changes.items()})
-    metrics = _MetricsLog(out / "metrics.csv", truncate_after=step if ckpt is not None else 0) if rank == 0 else None
-    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     view_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    # is it learning? validation ECGs measured at step 0, every monitor_every steps and at the end (rank 0 only)
+    monitor = PretrainMonitor.for_run(store, config, segment, device, autocast, view_dtype) if rank == 0 else None
+    metrics = (_MetricsLog(out / "metrics.csv", truncate_after=step if ckpt is not None else 0,
+                           extra=monitor.fields if monitor is not None else ()) if rank == 0 else None)
+    first = monitor.start(encoder, step, out / "metrics.csv") if monitor is not None else None
+    if first is not None:
+        metrics.write(**first)
+    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     losses: list[float] = []
     first_step = step + 1  # the first step of this process measures throughput, whatever log_every is
     t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
@@ -339,9 +346,12 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
                 now = time.perf_counter()
                 measured = ecgs_per_s = ecgs_since / (now - t_last)
                 t_last, ecgs_since = now, 0
+            watched = monitor.maybe(encoder, step, total_steps) if monitor is not None else {}
+            t_last += watched.get("monitor_s", 0.0)  # the monitor's time is not training throughput
             if metrics is not None:  # grad_norm stays on the device until the row is written: no sync here
                 metrics.write(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0],
-                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True)
+                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True,
+                              **watched)
                 if logging_step:
                     metrics.flush()
             bar.update(1)
@@ -362,7 +372,8 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
         if owns_group:
             dist.destroy_process_group()  # an undestroyed group can abort the process at exit
     return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
-            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch}
+            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch,
+            "monitor": monitor.report_lines() if monitor is not None else []}
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
@@ -374,7 +385,7 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
             for row in csv.DictReader(f):
                 try:
                     step = int(row["step"])
-                    float(row["loss"])
+                    float(row["loss"] if row["loss"] != "" else row["rankme"])  # the monitor's step-0 row: no loss
                 except (KeyError, TypeError, ValueError):
                     bad += 1
                     continue
@@ -391,7 +402,9 @@ def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
 class _MetricsLog:
     """metrics.csv (and TensorBoard where installed). On resume, rows after the checkpoint's step are dropped.
 
-    One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips;
+    One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips; the
+    ``extra`` columns (the monitor's) are filled on the steps that measure them, and a row of step 0 holds the
+    monitor's values before training (no loss);
     ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``).
     A row written with ``defer`` may hold device tensors (the gradient norm): it is kept until :meth:`flush`, which
     reads them all at once, so that logging synchronises with the device every ``log_every`` steps, not every step.
@@ -399,14 +412,16 @@ class _MetricsLog:
 
     FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
 
-    def __init__(self, path: Path, truncate_after: int):
+    def __init__(self, path: Path, truncate_after: int, extra: tuple[str, ...] = ()):
         rows = _read_metrics(path, truncate_after) if truncate_after > 0 and path.exists() else []
+        self.extra = tuple(extra)
+        fields = self.FIELDS + self.extra
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:  # a kill here leaves the old file whole
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=fields, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
         self.file = open(path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.writer = csv.DictWriter(self.file, fieldnames=fields, restval="", extrasaction="ignore")
         self.pending: list[dict] = []
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -430,8 +445,8 @@ class _MetricsLog:
             row = {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
             self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
             if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "ecgs_per_s"):
-                    if row[k] is not None and math.isfinite(row[k]):
+                for k in ("loss", "lr", "grad_norm", "ecgs_per_s", *self.extra):
+                    if isinstance(row.get(k), float) and math.isfinite(row[k]):
                         self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
         self.pending.clear()
         self.file.flush()

@@ -20,7 +20,8 @@ from .provenance import Provenance
 
 #: Settings a resume may change. Length (max_steps, epochs) reshapes the cosine decay's remaining part.
 SAFE_TO_CHANGE = frozenset({"max_steps", "epochs", "workers", "loader", "device", "compile", "memory", "memory_chunk",
-                            "out", "ckpt_every", "log_every", "max_nonfinite", "progress", "monitor_every", "store"})
+                            "out", "ckpt_every", "log_every", "max_nonfinite", "progress", "monitor_every",
+                            "monitor_ecgs", "store"})
 
 
 class ResumeError(ValueError):
