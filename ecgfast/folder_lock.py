@@ -6,8 +6,9 @@ is refused at once with a one-line error instead of interleaving its rows, cells
 one's. A process killed with ``kill -9`` holds nothing afterwards, so a rerun never finds a stale lock to clear by
 hand. Record locks belong to the process, not to its open file: the DataLoader workers it forked do not inherit
 them (with ``flock`` a worker outliving its killed parent by a moment would still hold the folder). Within one
-process a registry refuses a second holder of the same folder. The lock file is never deleted (deleting it while
-another process opens it would let two writers in) and holds the writer's pid, for the message only.
+process the lock is re-entrant (``ecgfast-eval --demo`` holds its folder, then evaluates into it). The lock file is
+never deleted (deleting it while another process opens it would let two writers in) and holds the writer's pid,
+for the message only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".ecgfast.lock"
-_HELD: set[str] = set()  # lock files this process holds (record locks do not conflict within one process)
+_HELD: dict[str, int] = {}  # lock file -> how many nested holders in this process (record locks are per process)
 
 
 class FolderBusyError(RuntimeError):
@@ -43,23 +44,29 @@ def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
         return
     path = Path(folder) / LOCK_NAME
     key = str(path.resolve())
-    busy = f"{folder}: another {what} {{}}is writing this folder; wait for it to finish or stop it"
-    if key in _HELD:
-        raise FolderBusyError(busy.format("in this process "))
+    if key in _HELD:  # this process holds it already: nested use
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
     try:
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:  # EACCES or EAGAIN: held by another process
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise FolderBusyError(busy.format(f"(pid {holder}) " if holder.isdigit() else "")) from exc
-        _HELD.add(key)
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise FolderBusyError(f"{folder}: another {what}{pid} is writing this folder; wait for it to finish or "
+                                  "stop it") from exc
+        _HELD[key] = 1
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             yield
         finally:
-            _HELD.discard(key)
+            del _HELD[key]
     finally:
         os.close(fd)  # releases the lock
 

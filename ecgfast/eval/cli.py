@@ -4,6 +4,7 @@ are read, so ``--help`` and argument errors answer at once."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="records without the label are negatives (default: yes for dx: and scp: labels)")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap resamples (default 1000)")
     p.add_argument("--device", help="default: cuda if available else cpu")
+    p.add_argument("--allow-store-mismatch", action="store_true", help="evaluate an encoder pretrained at another "
+                   "sampling rate or unit than the store's (refused by default, naming both)")
     p.add_argument("--workers", type=int, default=1, help="cells run at once on a CPU, each in its own process "
                    "(default 1; 2 on a 2-core machine runs about 1.6x faster)")
     p.add_argument("--paper", action="store_true", help="paper-sized defaults (paper model, batch 64, "
@@ -94,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
                       arms=arms, val_source=args.val_source, val_share=args.val_share, balanced=args.balanced,
                       frozen_head=args.frozen_head, missing_as_negative=args.missing_as_negative,
                       n_boot=args.bootstrap, device=args.device, progress=args.progress, budget_note=note,
-                      segment=args.segment, workers=args.workers,
+                      segment=args.segment, workers=args.workers, allow_store_mismatch=args.allow_store_mismatch,
                       **{**pick, "fractions": tuple(float(f) for f in pick["fractions"])})
 
 
@@ -105,12 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..data.splits import SplitError
     from ..data.store import ECGStore, StoreError
+    from ..folder_lock import FolderBusyError, folder_lock
     from ..pretrain.checkpoint import CheckpointError
     from .demo import DEMO_TASKS, prepare_demo
     from .run import run_evaluation
     from .tasks import EvalError, format_task_counts, task_counts
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    stack = contextlib.ExitStack()
     try:
         if args.list_tasks:
             if not args.store:
@@ -120,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.out:
             raise EvalError("--out is required")
         t0 = time.perf_counter()
+        if args.recipe or args.demo:  # a whole job: settings checked first, then its folder held until it ends
+            _check_early(args)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            stack.enter_context(folder_lock(args.out, "ecgfast-eval"))
         if args.recipe:
             from .recipes import run_recipe
 
@@ -146,12 +155,33 @@ def main(argv: list[str] | None = None) -> int:
         if not args.checkpoint and args.arms is None:
             print("ecgfast-eval: no --checkpoint: running the random-init arm only", file=sys.stderr)
         summary = run_evaluation(config_from_args(args))
-    except (StoreError, SplitError, CheckpointError, ValueError, OSError) as exc:  # EvalError is a ValueError
-        print(f"ecgfast-eval: error: {exc}", file=sys.stderr)
+    except (StoreError, SplitError, CheckpointError, FolderBusyError, ValueError, OSError) as exc:
+        print(f"ecgfast-eval: error: {exc}", file=sys.stderr)  # EvalError is a ValueError
         return 2
+    finally:
+        stack.close()
     print((Path(args.out) / "summary.md").read_text())
     print(f"ecgfast-eval: {len(summary)} rows in {time.perf_counter() - t0:.0f} s; results in {args.out}")
     return 0
+
+
+def _check_early(args: argparse.Namespace) -> None:
+    """The evaluation settings given on the command line, checked before a whole job (--demo, --recipe) prepares
+    or pretrains anything.
+
+    Raises:
+        EvalError: the first setting out of range.
+    """
+    from ..device import resolve_device
+    from .tasks import EvalError
+
+    resolve_device(args.device)  # a DeviceError is a ValueError: one line, exit 2
+    probe = config_from_args(argparse.Namespace(**{**vars(args), "store": "-", "tasks": args.tasks or ["-"],
+                                                   "checkpoint": args.checkpoint or "-"}))
+    try:
+        probe.check()
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
 
 
 def embed_main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ Imports nothing heavy (no torch): ``ecgfast-eval --help`` is built from here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 ARMS = ("random", "random-features", "frozen", "finetuned")
@@ -71,7 +72,7 @@ class EvalConfig:
     batch_size: int = _CPU.batch_size
     model: str = _CPU.model  # preset for random init without a checkpoint (a checkpoint's own preset wins)
     val_source: str = "carved"  # "carved": from the labelled training patients; "store": the store's val split
-    val_share: float = 0.2  # carved validation: this share of each class of the labelled patients (at least 1)
+    val_share: float = 0.2  # carved validation: this share (at most 0.5) of each class's labelled patients, at least 1
     balanced: bool = False  # half positives, half negatives in every batch (the potassium task's setting)
     frozen_head: str = "probe"  # frozen and random-features arms: "probe" (L2 logistic regression), "adam" (lr_head)
     missing_as_negative: bool | None = None  # None: from the label prefix (dx:, scp:)
@@ -83,6 +84,7 @@ class EvalConfig:
     eval_batch_size: int = 128  # segments per forward pass when scoring
     budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions")
     workers: int = 1  # cells run at once on a CPU, each in its own process with cores // workers threads
+    allow_store_mismatch: bool = False  # evaluate an encoder pretrained at another rate or unit than the store's
     device: str | None = None
     progress: bool = True
 
@@ -109,8 +111,13 @@ class EvalConfig:
             raise ValueError(f"frozen_head must be one of {FROZEN_HEADS}, got {self.frozen_head!r}")
         if self.val_source not in VAL_SOURCES:
             raise ValueError(f"val_source must be one of {VAL_SOURCES}, got {self.val_source!r}")
-        if not 0 < self.val_share < 1:
-            raise ValueError(f"val_share must be in (0, 1), got {self.val_share}")
+        if not 0 < self.val_share <= 0.5:
+            raise ValueError(f"val_share must be in (0, 0.5]: validation may take at most half of each class's "
+                             f"labelled patients, got {self.val_share}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if self.workers > cores:
+            raise ValueError(f"workers ({self.workers}) must be at most the {cores} cores this process may use: each "
+                             "runs cells with its share of them")
         if not self.fractions or len(set(self.fractions)) != len(self.fractions):
             raise ValueError(f"fractions must be distinct percentages, got {list(self.fractions)}")
         if any(not 0 < f <= 100 for f in self.fractions):

@@ -3,7 +3,7 @@
 The CPU demo pretrains the tiny model with the embedded default's settings for :data:`DEMO_PRETRAIN_STEPS` steps
 on a corpus of :data:`DEMO_PATIENTS` patients at 100 Hz (the embedded default's rate); ``paper`` uses the authors'
 recipe (the paper model, batch 512, 210 epochs: a GPU job) on a larger corpus at 500 Hz. A finished pretraining
-run in ``<out>/pretrain`` is reused.
+run in ``<out>/pretrain`` is reused and an interrupted one continued, so rerunning the command continues it.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ def prepare_demo(out: Path, checkpoint: str | None, device: str | None, progress
                  paper: bool = False) -> tuple[str, str]:
     """(store, checkpoint) of the demo: the synthetic corpus, pretrained on its train split unless given."""
     try:
-        from ..pretrain.checkpoint import find_checkpoint, load_state
         from ..pretrain.config import SYNTHETIC_DEFAULTS, load_config
         from ..pretrain.corpus import synthetic_store
-        from ..pretrain.loop import pretrain
+        from ..pretrain.loop import pretrain_until_done
     except ImportError as exc:
         raise EvalError(f"the demo pretrains with ecgfast.pretrain, which cannot be imported here ({exc})") from exc
     size = "paper" if paper else "cpu"
@@ -41,11 +40,8 @@ def prepare_demo(out: Path, checkpoint: str | None, device: str | None, progress
                  "seed": DEMO_CORPUS_SEED, "max_steps": None if paper else DEMO_PRETRAIN_STEPS,
                  "ckpt_every": 1000}
     config = load_config(overrides=overrides, base=None if paper else SYNTHETIC_DEFAULTS)
-    ckpt = find_checkpoint(run)
-    done = ckpt is not None and config.max_steps is not None and int(load_state(ckpt)["step"]) >= config.max_steps
-    if not done:
-        log.info("demo: pretraining %s on %s", config.model, store)
-        pretrain(config, resume=ckpt is not None)
+    log.info("demo: pretraining %s on %s (continued if begun, reused if done)", config.model, store)
+    pretrain_until_done(config)
     return str(store), str(run)
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..data.store import ECGStore, atomic_path
 from ..data.windows import segment_starts
 from ..models.temporalnet import DualStreamTemporalNet, temporalnet_config
-from ..pretrain.checkpoint import CheckpointError, load_weights, resolve_checkpoint
+from ..pretrain.checkpoint import CheckpointError, load_weights, resolve_checkpoint, weights_sha256
 
 SEGMENT = 2500  # samples the encoder sees: 5 s at 500 Hz (METHOD.md)
 WINDOW_RULE = 2  # version of the segment rule (ecgfast.data.windows); cached embeddings of another are redone
@@ -130,12 +130,8 @@ def encode_records(encoder: DualStreamTemporalNet, store: ECGStore, rows: np.nda
 def embedding_header(store: ECGStore, ckpt: Path | None, segment: int, source: dict | None = None) -> dict:
     """What an embedding file was made from; a file is reused only when this matches exactly. ``source`` describes
     an encoder that is not a checkpoint (the random-features arm's: preset and seed) and replaces ``ckpt``."""
-    if source is not None:
-        encoder = dict(source)
-    else:
-        st = (ckpt / "model.safetensors").stat()
-        encoder = {"checkpoint": str(ckpt.resolve()), "weights_size": st.st_size, "weights_mtime_ns": st.st_mtime_ns}
-    return {"store": str(store.path.resolve()), "n_records": len(store), **encoder, "segment": segment,
+    encoder = dict(source) if source is not None else {"checkpoint_weights": weights_sha256(ckpt)}
+    return {"store_content": store.fingerprint(), "n_records": len(store), **encoder, "segment": segment,
             "window_rule": WINDOW_RULE}
 
 

@@ -33,8 +33,9 @@ import torch
 from ..data.splits import SPLITS
 from ..data.store import ECGStore
 from ..data.windows import segment_starts
+from ..device import resolve_device
 from ..models.temporalnet import ClassifierHead, DualStreamTemporalNet, ECGClassifier, temporalnet_config
-from ..pretrain.checkpoint import load_weights
+from ..pretrain.checkpoint import load_weights, weights_sha256
 from .config import CHECKPOINT_ARMS, END_TO_END_ARMS, EvalConfig
 from .embed import (
     checkpoint_preset,
@@ -50,6 +51,7 @@ from .report import auroc, bootstrap_auroc
 from .tasks import EvalError, FractionDraw, TaskData, judge_cell, patient_labels
 
 PROTOCOL = 4  # version of what a cell computes; saved cells of another version are not reused
+CONTENT_KEYS = ("store_content", "checkpoint_weights")  # a cell differing only in these is stale: recomputed
 
 
 def batches(y: np.ndarray, batch_size: int, balanced: bool, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -129,10 +131,15 @@ class Evaluator:
             cfg = dataclasses.replace(cfg, segment=round(5 * self.store.fs))
         self.cfg = cfg
         self.segments = n_segments(self.store.n_samples, cfg.segment)
-        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.device = resolve_device(cfg.device)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from exc
         self.ckpt, self.preset = (None, cfg.model)
+        self.weights = None  # the checkpoint's weights hash: cells and cached features are keyed by content
         if cfg.checkpoint:
             self.ckpt, self.preset = checkpoint_preset(cfg.checkpoint)  # random arms take its architecture too
+            self.weights = weights_sha256(self.ckpt)
         needs = [a for a in cfg.arms if a in CHECKPOINT_ARMS]
         if needs and self.ckpt is None:
             raise EvalError(f"arm(s) {needs} need a pretrained encoder: pass --checkpoint (a pretraining run or "
@@ -140,9 +147,11 @@ class Evaluator:
         self._features: dict[int | None, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def fingerprint(self, arm: str) -> dict:
-        """The settings a cell's result depends on; a saved cell is reused only when they match."""
+        """The settings a cell's result depends on; a saved cell is reused only when they match. The keys of
+        :data:`CONTENT_KEYS` are the content of the store and the checkpoint (not their paths)."""
         c = self.cfg
-        fp = {"store": str(Path(c.store).resolve()), "segment": c.segment, "n_boot": c.n_boot, "preset": self.preset,
+        fp = {"store": str(Path(c.store).resolve()), "store_content": self.store.fingerprint(), "segment": c.segment,
+              "n_boot": c.n_boot, "preset": self.preset,
               "missing_as_negative": c.missing_as_negative, "val_source": c.val_source, "val_share": c.val_share,
               "balanced": c.balanced, "protocol": PROTOCOL}  # not the worker count: it does not change what is computed
         steps = {"min_steps": c.min_steps, "eval_every": c.eval_every, "patience": c.patience,
@@ -157,7 +166,7 @@ class Evaluator:
             if arm == "random-features":
                 fp["encoder"] = "untrained, torch.manual_seed(seed)"
         if arm in CHECKPOINT_ARMS:
-            fp["checkpoint"] = str(self.ckpt.resolve())
+            fp.update(checkpoint=str(self.ckpt.resolve()), checkpoint_weights=self.weights)
         return fp
 
     def features(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -73,9 +73,8 @@ def run_recipe(name: str, source: str, out: Path, device: str | None = None, pro
         raise EvalError(f"unknown recipe {name!r}; recipes: {sorted(RECIPES)}")
     recipe = RECIPES[name]
     from ..prepare import main as prepare_main
-    from ..pretrain.checkpoint import find_checkpoint, load_state
     from ..pretrain.config import load_config
-    from ..pretrain.loop import pretrain
+    from ..pretrain.loop import pretrain_until_done
 
     store = out / "store"
     if not (store / "store.json").is_file():
@@ -85,27 +84,11 @@ def run_recipe(name: str, source: str, out: Path, device: str | None = None, pro
     run = out / "pretrain"
     config = load_config(overrides={**recipe.pretrain, "store": str(store), "out": str(run), "progress": progress,
                                     "device": device})
-    ckpt = find_checkpoint(run)
-    steps_done = int(load_state(ckpt)["step"]) if ckpt is not None else 0
-    if ckpt is None or steps_done < _total_steps(store, config):
-        log.info("recipe %s: pretraining %s on %s", name, config.model, store)
-        pretrain(config, resume=ckpt is not None)
+    log.info("recipe %s: pretraining %s on %s (continued if begun, reused if done)", name, config.model, store)
+    pretrain_until_done(config)
     settings = {**recipe.evaluate, **({"seeds": seeds} if seeds else {})}
     return EvalConfig(store=str(store), out=str(out / "eval"), tasks=recipe.tasks, checkpoint=str(run),
                       device=device, progress=progress, budget_note=recipe.note, workers=workers, **settings)
-
-
-def _total_steps(store: Path, config) -> int:
-    """The step count a finished pretraining run of ``config`` on ``store`` reaches."""
-    from ..data.sampler import PatientBatchSampler
-    from ..data.store import ECGStore
-    from ..data.windows import usable
-
-    s = ECGStore(store)
-    rows = s.split_indices("train")
-    rows = rows[usable(s.valid_length[rows], config.segment or round(5 * s.fs))]
-    per_epoch = len(PatientBatchSampler(s.patient_ids[rows], config.batch_size, config.k_per_patient, indices=rows))
-    return config.max_steps or config.epochs * per_epoch
 
 
 __all__ = ["RECIPES", "Recipe", "run_recipe"]

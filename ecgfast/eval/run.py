@@ -29,9 +29,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..data.store import write_json_atomic
-from ..pretrain.provenance import leakage_check, load_provenance
+from ..folder_lock import folder_lock
+from ..pretrain.provenance import Provenance, leakage_check, load_provenance
 from .config import EvalConfig
-from .protocol import Evaluator
+from .protocol import CONTENT_KEYS, Evaluator
 from .report import protocol_notes, write_reports
 from .tasks import EvalError, load_task, patient_labels, sample_fractions
 
@@ -53,24 +54,47 @@ def cell_path(out: str | Path, task: str, arm: str, fraction: float, seed: int) 
     return Path(out) / "cells" / f"{safe}__{arm}__f{fraction:g}__s{seed}.json"
 
 
-def _load_cell(path: Path, want: dict) -> dict:
-    rec = json.loads(path.read_text())
-    diff = sorted(k for k in set(want) | set(rec.get("settings", {})) if rec.get("settings", {}).get(k) != want.get(k))
-    if diff:
-        raise EvalError(f"{path}: saved with other settings (differs in {diff}); use another --out, or delete the "
-                        "cells to recompute them")
+def _read_cell(path: Path) -> dict | None:
+    """A saved cell, or None (with a warning) when its file is damaged: it is then computed again."""
+    try:
+        rec = json.loads(path.read_text())
+        key = (str(rec["task"]), str(rec["arm"]), float(rec["fraction"]), int(rec["seed"]))
+        if not isinstance(rec.get("settings"), dict) or key[1] != _CELL.match(path.name)["arm"]:
+            raise ValueError("no settings, or another arm than its name says")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: damaged cell (%s): computed again", path, exc)
+        return None
     return rec
 
 
 def _saved_cells(out: Path, ev: Evaluator) -> dict[tuple, dict]:
-    """Every cell already in ``out/cells`` whose settings match this run's: (task, arm, fraction, seed) -> record."""
-    found = {}
+    """Every cell in ``out/cells`` that this run can reuse: (task, arm, fraction, seed) -> record.
+
+    A cell made from other contents of the store or the checkpoint than this run's (the same paths, rewritten by
+    ``--overwrite``) is stale: it is left out, so that it is computed again and replaced, and the log says how many.
+
+    Raises:
+        EvalError: a cell saved with other settings (named): use another ``--out``, or delete the cells.
+    """
+    found, stale = {}, 0
     for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
         if not _CELL.match(path.name):
             continue
-        rec = json.loads(path.read_text())
-        key = (rec["task"], rec["arm"], float(rec["fraction"]), int(rec["seed"]))
-        found[key] = _load_cell(path, ev.fingerprint(rec["arm"]))
+        rec = _read_cell(path)
+        if rec is None:
+            continue
+        want, have = ev.fingerprint(rec["arm"]), rec["settings"]
+        diff = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
+        if diff and set(diff) <= set(CONTENT_KEYS):
+            stale += 1
+            continue
+        if diff:
+            raise EvalError(f"{path}: saved with other settings (differs in {diff}); use another --out, or delete "
+                            "the cells to recompute them")
+        found[(rec["task"], rec["arm"], float(rec["fraction"]), int(rec["seed"]))] = rec
+    if stale:
+        log.warning("%s: %d cell(s) were computed from other contents of the store or checkpoint (rewritten since): "
+                    "computing them again", out / "cells", stale)
     return found
 
 
@@ -158,6 +182,36 @@ def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
             raise EvalError(f"refusing to evaluate: {sentence}. Pretrain on the train split only "
                             "(ecgfast-train reads only it), or evaluate on other patients")
         extra.append(f"Pretraining data: {sentence}.")
+        extra.append(_check_domain(provenance, ev, cfg.allow_store_mismatch))
+    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "ecgfast-eval"):  # one writer of the cells and reports at a time
+        return _evaluate(ev, cfg, out, tasks, extra)
+
+
+def _check_domain(provenance: object, ev: Evaluator, allowed: bool) -> str:
+    """The report's sentence on the pretraining stores' rate and unit against the evaluation store's.
+
+    Raises:
+        EvalError: another rate or unit (both named), unless ``allowed``.
+    """
+    if not isinstance(provenance, Provenance):
+        return ("Pretraining rate and unit: not recorded in the checkpoint (made elsewhere or by an older ecgfast): "
+                "not checked.")
+    store = ev.store
+    other = [s for s in provenance.info["sources"] if (float(s["fs"]), s["units"]) != (store.fs, store.units)]
+    if not other:
+        return f"Pretraining rate and unit: {store.fs:g} Hz, {store.units}, as this store's."
+    seen = "; ".join(sorted({f"{float(s['fs']):g} Hz {s['units']}" for s in other}))
+    if not allowed:
+        raise EvalError(f"the encoder was pretrained on {seen} signals, this store holds {store.fs:g} Hz "
+                        f"{store.units}: its filters and amplitudes would not mean what they meant. Prepare the store "
+                        "at the pretraining rate and unit, or pass --allow-store-mismatch to evaluate anyway")
+    return (f"Pretraining rate and unit: {seen}, this store {store.fs:g} Hz {store.units}: evaluated anyway "
+            "(--allow-store-mismatch).")
+
+
+def _evaluate(ev: Evaluator, cfg: EvalConfig, out: Path, tasks: dict, extra: list[str]) -> pd.DataFrame:
+    """The cells and the reports, under the folder's lock."""
     carve = cfg.val_share if cfg.val_source == "carved" else None
     draws = {}  # (task, fraction, seed) -> (training patient codes, FractionDraw); drawn before any work
     for name, task in tasks.items():

@@ -4,8 +4,9 @@ and which training patients a label fraction keeps, split into the arm's trainin
 A fraction f keeps f % of the labelled training *patients* of each class (stratified), nested over fractions (the
 1 % patients are inside the 5 % ones) and the same for every arm of a seed, so that gains are paired. With the
 carved validation (the default, as the paper does it), the kept patients of each class are split, by a fixed
-pattern over their drawn order, into training and validation patients: position 1, 6, 11, ... (every
-``round(1 / val_share)``-th, starting at the second) validates, the others train. So each class has at least one
+pattern over their drawn order, into training and validation patients: position i >= 1 validates when
+``floor(i s + 1 - s)`` steps up there (s = ``val_share``, at most 0.5), so the second patient validates and then
+one in every 1/s (positions 1, 6, 11, ... for 0.2; a share of 0.3 gives 3 in 10). So each class has at least one
 patient on each side, both sets are nested over fractions, and they never share a patient. A fraction therefore
 keeps at least two patients of each class (one to train, one to validate); where f % would keep fewer, it keeps
 two and the report shows the real counts.
@@ -22,6 +23,7 @@ import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -172,7 +174,9 @@ def sample_fractions(labels: np.ndarray, fractions: Sequence[float], seed: int, 
     rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
     order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in (1, 0)}
     floor = 1 if carve_share is None else 2
-    period = None if carve_share is None else max(2, round(1.0 / carve_share))
+    if carve_share is not None and not 0 < carve_share <= 0.5:
+        raise EvalError(f"val_share must be in (0, 0.5], got {carve_share}")
+    share = None if carve_share is None else Fraction(carve_share).limit_denominator(1000)  # exact steps
     out = {}
     for f in fractions:
         if not 0 < f <= 100:
@@ -185,10 +189,11 @@ def sample_fractions(labels: np.ndarray, fractions: Sequence[float], seed: int, 
                                 + (" (one to train, one to validate)" if carve_share is not None else ""))
             k = min(len(drawn), max(floor, math.floor(f / 100 * len(drawn) + 0.5)))
             kept = drawn[:k]
-            if period is None:
+            if share is None:
                 train.append(kept)
                 continue
-            is_val = np.arange(k) % period == 1
+            steps = (np.arange(-1, k) * share.numerator + share.denominator - share.numerator) // share.denominator
+            is_val = np.diff(steps) > 0  # (k,): position i validates where floor(i s + 1 - s) steps up
             train.append(kept[~is_val])
             val.append(kept[is_val])
         out[float(f)] = FractionDraw(np.sort(np.concatenate(train)),

@@ -18,6 +18,7 @@ written, and never loaded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -237,6 +238,17 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, strict: bool =
     model.load_state_dict(weights, strict=strict)
 
 
+def weights_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex, 16 chars) of a checkpoint folder's ``model.safetensors``: what evaluation keys its cells and
+    cached features by, so that a checkpoint rewritten under the same path (``--overwrite``) is never taken for the
+    old one."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
 def load_state(path: str | os.PathLike) -> dict:
     """The loop/optimizer state of a checkpoint folder, loaded with ``weights_only=True``."""
     file = Path(path) / "state.pt"
@@ -251,4 +263,4 @@ def load_state(path: str | os.PathLike) -> dict:
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "STATE_KEYS", "check_checkpoint", "find_checkpoint",
            "load_state", "load_weights", "non_finite_tensors", "remove_stale_temporaries", "resolve_checkpoint",
-           "save_checkpoint"]
+           "save_checkpoint", "weights_sha256"]

@@ -40,6 +40,7 @@ from ..data.loader import make_input
 from ..data.sampler import PatientBatchSampler
 from ..data.store import ECGStore, atomic_path
 from ..data.windows import usable
+from ..device import resolve_device
 from ..models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ..nn import MultiPositiveContrastiveLoss
 from .checkpoint import (
@@ -51,14 +52,14 @@ from .checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from .config import ConfigError, TrainConfig, to_dict, to_toml
+from .config import TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
 from .memory import device_capacity, plan_memory
 from .monitor import PretrainMonitor
 from .provenance import Provenance, load_provenance, merge, pretraining_provenance, store_fingerprint
 from .resume import check_resume
-from .run_folder import RunFolderError, claim_run_folder, record_history
+from .run_folder import RunFolderError, claim_run_folder, is_run_folder, record_history
 from .views import embedding_loss, make_views
 
 log = logging.getLogger("ecgfast.train")
@@ -97,37 +98,13 @@ def _distributed() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
-    """The training device: ``name`` checked (``cpu``, ``cuda``, ``cuda:N`` of a GPU that exists), or by default
-    this rank's GPU where CUDA is available, else the CPU.
-
-    Raises:
-        ConfigError: not a device name, a device type ecgfast does not train on, or a GPU that is not there.
-    """
-    if name is None:
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"device {name!r} is not a device name (cpu, cuda, cuda:N)") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device {name!r}: ecgfast trains on cpu or cuda")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device {name!r}: no CUDA GPU is visible here (torch {torch.__version__}); use cpu")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"device {name!r}: only {count} CUDA GPU(s) visible (cuda:0 to cuda:{count - 1})")
-    return device
-
-
 def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run pretraining as configured. Returns a summary: losses per step, steps, checkpoint, ECGs/s.
 
     Rank 0 holds the run folder's lock for the whole run (:mod:`ecgfast.pretrain.run_folder`).
 
     Raises:
-        ConfigError: a device that does not exist (before any folder is created).
+        DeviceError: a device that does not exist (before any folder is created).
         StoreError / SplitError: missing, corrupt or patient-mixing store.
         CheckpointError: ``resume`` with no intact checkpoint, or one of another model shape.
         ResumeError: ``resume`` with settings or a store that change what the run trains on (named).
@@ -281,7 +258,8 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
         if rank != 0:
             return None
         state = {"step": step, "position": position, "skipped": skipped, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "precision": precision}
+                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "precision": precision,
+                 "total_steps": total_steps}
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return save_checkpoint(out, step, encoder, state, config=to_dict(config), provenance=provenance)
@@ -363,7 +341,7 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
             if step >= total_steps:
                 break
     bar.close()
-    final = save()
+    final = save() if losses or ckpt is None else ckpt  # a resume of a finished run trains and rewrites nothing
     if metrics is not None:
         metrics.close()
     if world > 1:
@@ -374,6 +352,27 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
     return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
             "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch,
             "monitor": monitor.report_lines() if monitor is not None else []}
+
+
+def pretrain_until_done(config: TrainConfig) -> Path:
+    """Pretrain into ``config.out`` until the run is finished, whatever an interrupted earlier run of the same
+    settings left there: resume from its newest intact checkpoint, start over a run killed before its first
+    checkpoint, return at once when it is finished. For jobs that pretrain as one of their steps (the demo, the
+    recipes), so that rerunning the same command continues. Returns the run folder.
+
+    Raises:
+        What :func:`pretrain` raises; a folder that is not an ecgfast-train run is refused, never deleted.
+    """
+    run = Path(config.out)
+    ckpt = find_checkpoint(run, STATE_KEYS) if (run / "checkpoints").is_dir() else None
+    if ckpt is not None:
+        state = load_state(ckpt)
+        if "total_steps" in state and int(state["step"]) >= int(state["total_steps"]):
+            return run
+        pretrain(config, resume=True)
+    else:
+        pretrain(config, overwrite=is_run_folder(run))  # a run killed before its first checkpoint starts over
+    return run
 
 
 def _read_metrics(path: Path, up_to_step: int) -> list[dict]:
@@ -458,4 +457,5 @@ class _MetricsLog:
             self.tb.close()
 
 
-__all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "pretrain", "resolve_device"]
+__all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "pretrain",
+           "pretrain_until_done"]

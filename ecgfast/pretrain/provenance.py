@@ -43,12 +43,7 @@ KEY_SCHEME = "blake2b-64 keyed with the run's salt"
 
 def store_fingerprint(store: ECGStore) -> str:
     """SHA-256 (hex, 16 chars) of the store's records: record id, sample checksum and split, in manifest order."""
-    m = store.manifest
-    h = hashlib.sha256()
-    for rid, chk, split in zip(m["record_id"].astype(str), m["checksum"].astype(str), m["split"].astype(str),
-                               strict=True):
-        h.update(f"{rid}\t{chk}\t{split}\n".encode())
-    return h.hexdigest()[:16]
+    return store.fingerprint()
 
 
 def keyed_hashes(values: Iterable[str], salt: str, kind: str) -> np.ndarray:
