@@ -13,7 +13,9 @@ from .config import ARMS, BUDGETS, FROZEN_HEADS, VAL_SOURCES, EvalConfig
 
 EXAMPLES = """examples:
   ecgfast-eval --demo --out runs/eval-demo                  # synthetic corpus: pretrain, then evaluate
-  ecgfast-eval --recipe ptbxl-subset --source ../shared/data/ecg/ptbxl-subset --out runs/ptbxl   # real ECGs
+  ecgfast-eval --recipe ptbxl --source ../shared/data/ecg/ptbxl-mini --out runs/ptbxl-mini    # the whole method
+  ecgfast-eval --recipe ptbxl --ablation --source ../shared/data/ecg/ptbxl-mini --out runs/ptbxl-mini  # validation
+  ecgfast-eval --recipe ptbxl-subset --source ../shared/data/ecg/ptbxl-subset --out runs/ptbxl   # z-scored ECGs
   ecgfast-eval --store stores/ptbxl --list-tasks            # the labels, with positives per split
   ecgfast-eval --store stores/ptbxl --checkpoint runs/mimic --task superclass:MI --out runs/mi
   ecgfast-eval --store stores/cinc --checkpoint runs/mimic --task dx:164889003 --arms random-features frozen --out r/af
@@ -76,8 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{paper.min_steps} to {paper.max_steps} steps)")
     p.add_argument("--demo", action="store_true", help="synthetic corpus: pretrain (unless --checkpoint), evaluate "
                    "its tasks; minutes on a CPU")
-    p.add_argument("--recipe", help="a whole experiment: prepare --source, pretrain, evaluate (ptbxl-subset)")
+    p.add_argument("--recipe", help="a whole experiment: prepare --source, pretrain, evaluate (ptbxl: a PTB-XL "
+                   "folder; ptbxl-subset)")
     p.add_argument("--source", help="the data folder of --recipe")
+    p.add_argument("--ablation", action="store_true", help="with --recipe: run its validation ablation and data-size "
+                   "curve instead of its test evaluation (every variant pretrained and probed on the val split; the "
+                   "test split is never read)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -129,11 +135,20 @@ def main(argv: list[str] | None = None) -> int:
             _check_early(args)
             Path(args.out).mkdir(parents=True, exist_ok=True)
             stack.enter_context(folder_lock(args.out, "ecgfast-eval"))
+        if args.ablation and not args.recipe:
+            raise EvalError("--ablation runs a recipe's validation ablation: name it with --recipe")
         if args.recipe:
-            from .recipes import run_recipe
+            from .recipes import run_ablation, run_recipe
 
             if not args.source:
                 raise EvalError("--recipe needs --source, the folder of its data")
+            if args.ablation:
+                paths = run_ablation(args.recipe, args.source, Path(args.out), args.device, args.progress,
+                                     args.seeds, args.workers)
+                print(paths["ablation_md"].read_text())
+                print(f"ecgfast-eval: ablation in {time.perf_counter() - t0:.0f} s; "
+                      + ", ".join(str(p) for p in paths.values()))
+                return 0
             cfg = run_recipe(args.recipe, args.source, Path(args.out), args.device, args.progress, args.seeds,
                              args.workers)
             args.out = cfg.out

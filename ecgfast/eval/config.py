@@ -85,6 +85,8 @@ class EvalConfig:
     budget_note: str = ""  # what a sized run cut, for the report's header (e.g. "demo: 3 fractions")
     workers: int = 1  # cells run at once on a CPU, each in its own process with cores // workers threads
     allow_store_mismatch: bool = False  # evaluate an encoder pretrained at another rate or unit than the store's
+    score_split: str = "test"  # split scored once at the end; "val" chooses settings without reading test records
+    feature_cache: str | None = None  # folder of cached encoder features (keyed by content); None: <out>/embeddings
     device: str | None = None
     progress: bool = True
 
@@ -111,6 +113,11 @@ class EvalConfig:
             raise ValueError(f"frozen_head must be one of {FROZEN_HEADS}, got {self.frozen_head!r}")
         if self.val_source not in VAL_SOURCES:
             raise ValueError(f"val_source must be one of {VAL_SOURCES}, got {self.val_source!r}")
+        if self.score_split not in ("test", "val"):
+            raise ValueError(f"score_split must be test or val, got {self.score_split!r}")
+        if self.score_split == "val" and self.val_source != "carved":
+            raise ValueError("score_split val scores the store's val split: validation must then be carved from the "
+                             "training patients (val_source carved)")
         if not 0 < self.val_share <= 0.5:
             raise ValueError(f"val_share must be in (0, 0.5]: validation may take at most half of each class's "
                              f"labelled patients, got {self.val_share}")

@@ -153,7 +153,8 @@ class Evaluator:
         fp = {"store": str(Path(c.store).resolve()), "store_content": self.store.fingerprint(), "segment": c.segment,
               "n_boot": c.n_boot, "preset": self.preset,
               "missing_as_negative": c.missing_as_negative, "val_source": c.val_source, "val_share": c.val_share,
-              "balanced": c.balanced, "protocol": PROTOCOL}  # not the worker count: it does not change what is computed
+              "balanced": c.balanced, "protocol": PROTOCOL,
+              "score_split": c.score_split}  # not the worker count: it does not change what is computed
         steps = {"min_steps": c.min_steps, "eval_every": c.eval_every, "patience": c.patience,
                  "max_steps": c.max_steps, "batch_size": c.batch_size}
         if arm in END_TO_END_ARMS:
@@ -171,9 +172,11 @@ class Evaluator:
 
     def features(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per split (rows, (N, S, D) features) of the pretrained encoder (``seed`` None) or of the untrained encoder
-        of ``seed`` (the random-features arm), cached in ``<out>/embeddings`` (one pass per encoder and segment)."""
+        of ``seed`` (the random-features arm), cached in ``<out>/embeddings`` or ``feature_cache`` (one pass per
+        encoder and segment; files keyed by content, so a cache may be shared by runs). Only the splits the run
+        reads are embedded: the test split not at all when ``score_split`` is "val"."""
         if seed not in self._features:
-            folder = Path(self.cfg.out) / "embeddings"
+            folder = Path(self.cfg.feature_cache or Path(self.cfg.out) / "embeddings")
             if seed is None:
                 encoder, ckpt, _ = load_encoder(self.ckpt, self.device)
                 source = None
@@ -183,8 +186,14 @@ class Evaluator:
                 folder = folder / f"random-init-{self.preset}-s{seed}"
             self._features[seed] = {s: split_embeddings(encoder, self.store, ckpt, s, folder, self.cfg.segment,
                                                         self.cfg.eval_batch_size, self.device, self.cfg.progress,
-                                                        source=source) for s in SPLITS}
+                                                        source=source) for s in self.splits_read}
         return self._features[seed]
+
+    @property
+    def splits_read(self) -> tuple[str, ...]:
+        """The store splits this run reads records of: train, the scored split, and val where it validates."""
+        wanted = {"train", self.cfg.score_split} | ({"val"} if self.cfg.val_source == "store" else set())
+        return tuple(s for s in SPLITS if s in wanted)
 
     def run_cell(self, task: TaskData, arm: str, fraction: float, seed: int, codes: np.ndarray,
                  draw: FractionDraw) -> dict:
@@ -194,6 +203,7 @@ class Evaluator:
         The seed fixes the initialisation, dropout and batch order; torch's global RNG is left as it was.
         """
         t0 = time.perf_counter()
+        scored = self.cfg.score_split  # "test", or "val" when choosing settings (the test split is never read then)
         train_keep = np.isin(task.patients["train"], codes[draw.train])
         rows, y_rec = task.rows["train"][train_keep], task.y["train"][train_keep]
         if self.cfg.val_source == "carved":
@@ -206,9 +216,9 @@ class Evaluator:
             torch.manual_seed(seed)
             rng = np.random.default_rng([seed, 2])
             cell = self._end_to_end if arm in END_TO_END_ARMS else self._on_features
-            result, score_test = cell(arm, seed, rows, y_rec, val_rows, y_val, task.rows["test"], rng)
-        y_test, finite = task.y["test"], bool(np.isfinite(score_test).all())  # a diverged model scores NaN
-        lo, hi = (bootstrap_auroc(y_test, score_test, task.patients["test"], n_boot=self.cfg.n_boot, seed=seed)
+            result, score_test = cell(arm, seed, rows, y_rec, val_rows, y_val, task.rows[scored], rng)
+        y_test, finite = task.y[scored], bool(np.isfinite(score_test).all())  # a diverged model scores NaN
+        lo, hi = (bootstrap_auroc(y_test, score_test, task.patients[scored], n_boot=self.cfg.n_boot, seed=seed)
                   if finite else (float("nan"),) * 2)
         _, train_lab = patient_labels(y_rec, task.patients["train"][train_keep])
         _, val_lab = patient_labels(y_val, val_patients)
@@ -219,7 +229,7 @@ class Evaluator:
                 "n_train_patients": len(train_lab), "n_train_positive_patients": int(train_lab.sum()),
                 "n_val_patients": len(val_lab), "n_val_positive_patients": int(val_lab.sum()),
                 "n_train_records": len(rows), "n_test_records": len(y_test),
-                "n_test_patients": len(np.unique(task.patients["test"])),
+                "n_test_patients": len(np.unique(task.patients[scored])), "scored_on": scored,
                 "seconds": round(time.perf_counter() - t0, 2), "settings": self.fingerprint(arm)}
 
     def _end_to_end(self, arm: str, seed: int, rows: np.ndarray, y_rec: np.ndarray, val_rows: np.ndarray,
@@ -255,8 +265,8 @@ class Evaluator:
         trained under the step rule."""
         cfg, n_seg = self.cfg, self.segments
         have = self.features(seed if arm == "random-features" else None)  # split -> (rows ascending, (N, S, D))
-        all_rows = np.concatenate([have[s][0] for s in SPLITS])
-        all_feats = np.concatenate([have[s][1] for s in SPLITS])
+        all_rows = np.concatenate([v[0] for v in have.values()])
+        all_feats = np.concatenate([v[1] for v in have.values()])
         order = np.argsort(all_rows)
         feats = {}
         for name, want in (("train", rows), ("val", val_rows), ("test", test_rows)):

@@ -41,7 +41,7 @@ log = logging.getLogger("ecgfast.eval")
 RESULT_COLUMNS = ("task", "arm", "fraction", "seed", "method", "test_auroc", "test_lo", "test_hi", "val_auroc_best",
                   "steps", "best_step", "stopped_by", "l2", "usable", "unusable_reason", "val_auroc_levels",
                   "n_train_patients", "n_train_positive_patients", "n_val_patients", "n_val_positive_patients",
-                  "n_train_records", "n_test_records", "n_test_patients", "seconds")
+                  "n_train_records", "n_test_records", "n_test_patients", "scored_on", "seconds")
 _CELL = re.compile(r"^(?P<task>.+)__(?P<arm>random-features|random|frozen|finetuned)__f(?P<f>[0-9.e+-]+)"
                    r"__s(?P<seed>\d+)\.json$")
 
@@ -176,13 +176,16 @@ def run_evaluation(cfg: EvalConfig) -> pd.DataFrame:
             provenance = load_provenance(ev.ckpt)  # v2 keyed hashes, a v1 dict, or None (made elsewhere)
         except ValueError as exc:
             raise EvalError(f"cannot check what the encoder was pretrained on: {exc}") from exc
-        test_rows = np.unique(np.concatenate([t.rows["test"] for t in tasks.values()]))
+        test_rows = np.unique(np.concatenate([t.rows[cfg.score_split] for t in tasks.values()]))
         status, sentence = leakage_check(provenance, ev.store, test_rows)
         if status == "leak":
             raise EvalError(f"refusing to evaluate: {sentence}. Pretrain on the train split only "
                             "(ecgfast-train reads only it), or evaluate on other patients")
         extra.append(f"Pretraining data: {sentence}.")
         extra.append(_check_domain(provenance, ev, cfg.allow_store_mismatch))
+    if cfg.score_split == "val":
+        extra.append("Scored on the store's val split, to choose settings: the test split was not read, and these "
+                     "numbers are not test results.")
     out.mkdir(parents=True, exist_ok=True)
     with folder_lock(out, "ecgfast-eval"):  # one writer of the cells and reports at a time
         return _evaluate(ev, cfg, out, tasks, extra)

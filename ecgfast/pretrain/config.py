@@ -43,6 +43,7 @@ class TrainConfig:
     segment: int | None = None  # samples per view; unset: 5 s at the store's rate (2500 at 500 Hz)
     views: str = "intersegment"  # "intersegment": two adjacent segments of an ECG; "augment": 2 copies of 1 crop
     k_per_patient: int = 4  # ECGs of one patient kept together in a batch (patient-aware positives)
+    pretrain_share: float = 1.0  # share of the train split's patients pretraining reads (seeded, nested: 0.25 in 0.5)
     workers: int = 2  # DataLoader worker processes reading the store
     loader: str = "auto"  # input path: "dali" (DALI pipeline), "torch" (DataLoader), "auto": DALI with a GPU
     # model
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.workers < 0 or self.max_nonfinite < 0:
             raise ConfigError(f"workers and max_nonfinite must be >= 0, got {self.workers}, {self.max_nonfinite}")
+        if not 0 < self.pretrain_share <= 1:
+            raise ConfigError(f"pretrain_share must be in (0, 1], got {self.pretrain_share}")
         if self.monitor_every < 0:
             raise ConfigError(f"monitor_every must be >= 0 (0 turns the monitor off), got {self.monitor_every}")
         if self.monitor_ecgs < 2:

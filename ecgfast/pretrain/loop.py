@@ -159,7 +159,10 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
     if not ok.all() and rank == 0:
         log.info("%d of %d train records hold fewer than %d valid samples (one view): left out of pretraining",
                  int((~ok).sum()), len(ok), segment)
-    train_rows = train_rows[ok]
+    train_rows = patient_share(store.patient_ids, train_rows[ok], config.pretrain_share, config.seed)
+    if config.pretrain_share < 1 and rank == 0:
+        log.info("pretrain_share %g: %d train records of %d patients", config.pretrain_share, len(train_rows),
+                 len(np.unique(store.patient_ids[train_rows])))
     patient_codes = np.unique(store.patient_ids, return_inverse=True)[1]
     sampler = PatientBatchSampler(store.patient_ids[train_rows], rank_batch, config.k_per_patient,
                                   seed=config.seed, rank=rank, world_size=world, indices=train_rows)
@@ -354,6 +357,17 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
             "monitor": monitor.report_lines() if monitor is not None else []}
 
 
+def patient_share(patient_ids: np.ndarray, rows: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """The records of ``rows`` (ascending) whose patients fall in the first ``share`` of a seeded permutation of
+    their patients: whole patients, and nested (the 25 % patients are inside the 50 % ones) for one seed."""
+    if share >= 1:
+        return rows
+    patients = np.unique(np.asarray(patient_ids)[rows])
+    order = np.random.default_rng([seed, 7_340_033]).permutation(len(patients))  # the data-size curve's draw
+    kept = patients[order[:max(1, round(share * len(patients)))]]
+    return rows[np.isin(np.asarray(patient_ids)[rows], kept)]
+
+
 def pretrain_until_done(config: TrainConfig) -> Path:
     """Pretrain into ``config.out`` until the run is finished, whatever an interrupted earlier run of the same
     settings left there: resume from its newest intact checkpoint, start over a run killed before its first
@@ -368,6 +382,8 @@ def pretrain_until_done(config: TrainConfig) -> Path:
     if ckpt is not None:
         state = load_state(ckpt)
         if "total_steps" in state and int(state["step"]) >= int(state["total_steps"]):
+            saved = json.loads((ckpt / "config.json").read_text())
+            check_resume(saved, to_dict(config), None, "", None, "")  # a finished run of other settings is refused
             return run
         pretrain(config, resume=True)
     else:
@@ -458,4 +474,4 @@ class _MetricsLog:
 
 
 __all__ = ["ContrastivePretrainer", "NonFiniteLossError", "RunFolderError", "lr_factor", "pretrain",
-           "pretrain_until_done"]
+           "patient_share", "pretrain_until_done"]

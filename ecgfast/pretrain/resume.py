@@ -11,11 +11,13 @@ has read:
   seed, precision) is refused with every changed setting named, old and new value. Start a new run (another
   ``--out``) to train with other settings.
 
-A store moved to another path with the same content is the same store: its path is a safe change.
+A store moved to another path with the same content is the same store: its path is a safe change. A setting that
+a newer ecgfast added is compared with its default, which is what the older run did.
 """
 
 from __future__ import annotations
 
+from .config import TrainConfig, to_dict
 from .provenance import Provenance
 
 #: Settings a resume may change. Length (max_steps, epochs) reshapes the cosine decay's remaining part.
@@ -62,6 +64,10 @@ def check_resume(saved: dict, now: dict, saved_precision: str | None, precision:
         ResumeError: naming every setting that would change what is trained on, or the changed store.
     """
     old, new = flatten(saved), flatten(now)
+    defaults = flatten(to_dict(TrainConfig()))
+    for key in set(new) - set(old):  # a setting newer than the checkpoint: its default is what the run did
+        if key in defaults:
+            old[key] = defaults[key]
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     unsafe = {k: v for k, v in changed.items() if k not in SAFE_TO_CHANGE}
     if saved_precision is not None and saved_precision != precision:
