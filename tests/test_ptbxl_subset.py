@@ -192,3 +192,27 @@ def test_the_real_ptbxl_subset_as_it_is(shared_ecg, tmp_path):
     i = 1000  # one record against scipy's resampling of the source
     src = np.load(folder / "signals_100hz.npy", mmap_mode="r")[i][ORDER].astype(np.float32)
     assert np.abs(store.read_mv([i])[0] - resample_poly(src, 5, 1, axis=1)).max() <= 0.51 / store.gain[i] + 1e-5
+
+
+def test_zscore_normalisation_makes_one_z_store_of_millivolt_and_z_sources(tmp_path, subset):
+    """Issue 22's z-scored point: millivolt WFDB records and a z-scored corpus become one z store with
+    --normalize zscore, each lead of each record at mean 0 and sd 1 over its valid part, each record checked in its
+    own unit first (a flat millivolt lead is still a reject)."""
+    wfdb = tmp_path / "wfdb"
+    for i in range(3):
+        write_record(wfdb, f"m{i}", ecg_like(seed=i))
+    flat = ecg_like(seed=9)
+    flat[:, 7] = 0.0  # one flat lead (V2 in the 12-lead order): flat in mV
+    write_record(wfdb, "flat", flat)
+    out = tmp_path / "z"
+    assert prepare_main([str(wfdb), str(subset), "--out", str(out), "--quiet", "--workers", "1", "--fs", "100",
+                         "--split-by", "hash", "--normalize", "zscore"]) == 0
+    store = ECGStore(out, verify=True)
+    assert store.units == "z" and set(store.manifest["patient_ns"]) == {"wfdb", "ptbxl-subset"}
+    assert len(store) == 3 + 20 and "flat" not in set(store.manifest["record_id"])
+    for i in range(len(store)):
+        x = store.read_mv([i])[0][:, :store.valid_length[i]]
+        np.testing.assert_allclose(x.mean(axis=1), 0.0, atol=2e-3)
+        np.testing.assert_allclose(x.std(axis=1), 1.0, atol=2e-3)
+    # without it, the two units cannot share a store
+    assert prepare_main([str(wfdb), str(subset), "--out", str(tmp_path / "mixed"), "--quiet", "--fs", "100"]) == 2

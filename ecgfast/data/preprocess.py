@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 
 import numpy as np
@@ -59,6 +59,10 @@ class PreprocessConfig:
         units: the store's unit, "mV" or "z"; every record must come in it (see the module docstring).
         flat_z: ``flat_mv`` for "z" stores, in standard deviations.
         max_abs_z: ``max_abs_mv`` for "z" stores, in standard deviations.
+        normalize: "zscore": after the filters, each lead of each record becomes (x - mean) / sd over its samples,
+            and the store holds "z" signals whatever unit its sources yield (each record checked in its own unit
+            first): how public z-scored corpora such as ptbxl-subset were made, so that such a corpus and
+            millivolt records can be one store. None: values kept in their unit.
     """
 
     fs: float = 500.0
@@ -72,6 +76,7 @@ class PreprocessConfig:
     units: str = "mV"
     flat_z: float = 0.1
     max_abs_z: float = 50.0
+    normalize: str | None = None
 
     @property
     def n_samples(self) -> int:
@@ -100,6 +105,8 @@ class PreprocessConfig:
                              f"{SECONDS_RANGE[1]:g}], got {self.seconds:g}")
         if self.min_seconds < 0:
             raise ValueError(f"min_seconds must be >= 0, got {self.min_seconds:g}")
+        if self.normalize not in (None, "zscore"):
+            raise ValueError(f"normalize must be zscore or unset, got {self.normalize!r}")
         if self.units not in SIGNAL_UNITS:
             raise ValueError(f"units must be one of {SIGNAL_UNITS}, got {self.units!r}")
         if not (self.max_abs_mv > 0 and self.max_abs_z > 0 and self.flat_mv >= 0 and self.flat_z >= 0):
@@ -224,13 +231,15 @@ def preprocess(record: ECGRecord, config: PreprocessConfig) -> PreparedRecord:
     Raises:
         RecordError: the record is unusable (see :func:`check_signal`), or its units are not the store's.
     """
-    if record.units != config.units:
+    if record.units != config.units and config.normalize is None:
         raise RecordError(RejectReason.HEADER_MISMATCH, f"record {record.record_id}: signal in {record.units!r}, "
                                                         f"the store holds {config.units!r}")
     signal = np.asarray(record.signal, dtype=np.float32)
-    check_signal(signal, record.fs, record.record_id, config)
+    check_signal(signal, record.fs, record.record_id, replace(config, units=record.units))  # in its own unit
     x = resample(signal, record.fs, config.fs)
     x = apply_filters(x, config.fs, config)
+    if config.normalize == "zscore":  # (8, T): each lead to zero mean, unit sd; check_signal refused flat leads
+        x = (x - x.mean(axis=1, keepdims=True)) / np.maximum(x.std(axis=1, keepdims=True), 1e-12)
     x, valid = fit_length(x, config.n_samples)
     q, gain, baseline = quantize(x)  # zero padding maps exactly to q == baseline
     return PreparedRecord(samples=q, gain=gain, baseline=baseline, valid_length=valid, checksum=checksum(q))

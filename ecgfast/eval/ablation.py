@@ -114,9 +114,11 @@ def pretraining_ecgs(run: Path) -> int:
 
 
 def run_variants(base: dict, variants: tuple[Variant, ...], store: Path, out: Path, tasks: tuple[str, ...],
-                 settings: dict, device: str | None = None, progress: bool = True, workers: int = 1) -> pd.DataFrame:
+                 settings: dict, device: str | None = None, progress: bool = True, workers: int = 1,
+                 table: Path | None = None) -> pd.DataFrame:
     """Pretrain and validate every variant; one row per (variant, fraction). Finished parts are reused, so an
-    interrupted run continues. ``settings`` are the EvalConfig settings of the probe cells (seeds, fractions...)."""
+    interrupted run continues. ``settings`` are the EvalConfig settings of the probe cells (seeds, fractions...).
+    ``table``: a CSV rewritten after each variant, so that the rows finished so far are on disk."""
     rows = []
     cache = out / "features"  # shared by the variants: the random encoders' features are computed once
     for variant in variants:
@@ -126,6 +128,8 @@ def run_variants(base: dict, variants: tuple[Variant, ...], store: Path, out: Pa
         extra = {"variant": variant.name, "change": variant.change, "pretrain_ecgs": pretraining_ecgs(run),
                  **monitor_summary(run), "pretrain_seconds_this_call": round(seconds, 1)}
         rows += [{**extra, **r} for r in summarize_variant(results)]
+        if table is not None:
+            pd.DataFrame(rows).to_csv(table, index=False)
     return pd.DataFrame(rows)
 
 
@@ -164,8 +168,9 @@ def _signed_ci(r: pd.Series) -> str:
     return f"{r['gain']:+.3f}{interval}"
 
 
-def plot_curve(table: pd.DataFrame, path: Path, title: str) -> None:
-    """Validation AUROC against pretraining ECGs: the frozen probe (with its interval) and random features."""
+def plot_curve(table: pd.DataFrame, path: Path, title: str, extra: pd.DataFrame | None = None) -> None:
+    """Validation AUROC against pretraining ECGs: the frozen probe (with its interval) and random features;
+    ``extra`` rows (the z-scored point) as separate markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +185,13 @@ def plot_curve(table: pd.DataFrame, path: Path, title: str) -> None:
                     label=f"pretrained, {fraction:g} % labels")
         ax.plot(x, block["random_features_auroc"], linestyle="--", marker="x",
                 label=f"random features, {fraction:g} % labels")
+    for fraction, block in (extra.groupby("fraction") if extra is not None and len(extra) else []):
+        block = block.sort_values("pretrain_ecgs")
+        yerr = np.vstack([block["val_auroc"] - block["val_lo"], block["val_hi"] - block["val_auroc"]])
+        ax.errorbar(block["pretrain_ecgs"], block["val_auroc"], yerr=np.nan_to_num(yerr), marker="s", capsize=3,
+                    linestyle=":", label=f"z-scored, no VCG, {fraction:g} % labels")
+        ax.plot(block["pretrain_ecgs"], block["random_features_auroc"], linestyle="none", marker="+",
+                label=f"z-scored random features, {fraction:g} % labels")
     ax.set_xscale("log")
     ax.set_xlabel("pretraining ECGs")
     ax.set_ylabel("validation AUROC (mean over tasks)")

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true", help="with --recipe: run its validation ablation and data-size "
                    "curve instead of its test evaluation (every variant pretrained and probed on the val split; the "
                    "test split is never read)")
+    p.add_argument("--extra-source", help="with --recipe ... --ablation: a z-scored corpus (ptbxl-subset) whose "
+                   "training split is extra unlabelled data for the data-size curve's z-scored point")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     return p
 
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise EvalError("--recipe needs --source, the folder of its data")
             if args.ablation:
                 paths = run_ablation(args.recipe, args.source, Path(args.out), args.device, args.progress,
-                                     args.seeds, args.workers)
+                                     args.seeds, args.workers, args.extra_source)
                 print(paths["ablation_md"].read_text())
                 print(f"ecgfast-eval: ablation in {time.perf_counter() - t0:.0f} s; "
                       + ", ".join(str(p) for p in paths.values()))

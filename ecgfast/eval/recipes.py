@@ -26,6 +26,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from .ablation import Variant
 from .config import EvalConfig
 from .tasks import EvalError
@@ -47,6 +49,7 @@ class Recipe:
     variants: tuple[Variant, ...] = ()  # the validation ablation: one change from ``pretrain`` each
     chosen: str | None = None  # the variant the ablation found best on validation: the test run pretrains it
     curve_shares: tuple[float, ...] = ()  # the data-size curve: shares of the training patients (1.0: the chosen)
+    zscore_args: tuple[str, ...] = ()  # prepare flags of the curve's z-scored point (with --extra-source)
     ablation_evaluate: dict = field(default_factory=dict)  # EvalConfig settings of the ablation's probe cells
 
     def final_pretrain(self) -> dict:
@@ -66,7 +69,6 @@ PTBXL_VARIANTS = (
     Variant("k1", "patient positives off (K = 1)", {"k_per_patient": 1}),
     Variant("augment-views", "two augmented copies of one crop instead of two adjacent segments", {"views": "augment"}),
     Variant("tau-0.2", "temperature 0.2 instead of 0.1", {"temperature": 0.2}),
-    Variant("tau-0.05", "temperature 0.05 instead of 0.1", {"temperature": 0.05}),
     Variant("epochs-15", "15 pretraining epochs instead of 30", {"epochs": 15}),
     Variant("epochs-60", "60 pretraining epochs instead of 30", {"epochs": 60}),
     Variant("small", "the small model instead of tiny", {"model": "small"}),
@@ -86,6 +88,8 @@ RECIPES = {
         variants=PTBXL_VARIANTS,
         chosen=None,
         curve_shares=(0.25, 0.5, 1.0),
+        zscore_args=("--rate", "100", "--fs", "100", "--split-by", "strat_fold", "--bandpass", "0.5", "40",
+                     "--normalize", "zscore", "--quiet"),
         ablation_evaluate={"segment": 500, "seeds": 5, "fractions": (10.0, 100.0), "model": "tiny"}),
     "ptbxl-subset": Recipe(
         name="ptbxl-subset",
@@ -146,11 +150,14 @@ def run_recipe(name: str, source: str, out: Path, device: str | None = None, pro
 
 
 def run_ablation(name: str, source: str, out: Path, device: str | None = None, progress: bool = True,
-                 seeds: int | None = None, workers: int = 1) -> dict[str, Path]:
+                 seeds: int | None = None, workers: int = 1, extra_source: str | None = None) -> dict[str, Path]:
     """The recipe's validation ablation and data-size curve (:mod:`ecgfast.eval.ablation`) into ``out``: every
     variant pretrained and probed on the val split, the best one chosen, then the chosen settings pretrained on
-    nested shares of the training patients. Writes ``ablation.csv``/``.md``, ``curve.csv``/``.png`` and
-    ``chosen.json``; never reads the test split. Returns those paths.
+    nested shares of the training patients. With ``extra_source`` (a z-scored corpus such as ptbxl-subset), the
+    curve gains a separate z-scored point: the chosen settings without VCG rotation, pretrained on the z-scored
+    ``source`` alone and on ``source`` + ``extra_source`` (its training split as extra unlabelled ECGs), each
+    probed on ``source``'s labelled val records. Writes ``ablation.csv``/``.md``, ``curve.csv``/``.png``,
+    ``zcurve.csv`` and ``chosen.json``; never reads a test split. Returns those paths.
 
     Raises:
         EvalError: an unknown recipe, one without variants, or a step that fails.
@@ -165,11 +172,10 @@ def run_ablation(name: str, source: str, out: Path, device: str | None = None, p
     store = prepare_recipe_store(recipe, source, out)
     settings = {**recipe.ablation_evaluate, **({"seeds": seeds} if seeds else {})}
     folder = out / "ablation"
-    table = run_variants(recipe.pretrain, recipe.variants, store, folder, recipe.tasks, settings, device, progress,
-                         workers)
-    best = best_variant(table)
     paths = {"ablation_csv": out / "ablation.csv", "ablation_md": out / "ablation.md", "chosen": out / "chosen.json"}
-    table.to_csv(paths["ablation_csv"], index=False)
+    table = run_variants(recipe.pretrain, recipe.variants, store, folder, recipe.tasks, settings, device, progress,
+                         workers, table=paths["ablation_csv"])
+    best = best_variant(table)
     paths["ablation_md"].write_text(ablation_markdown(table, f"Validation ablation of recipe {name}"))
     paths["chosen"].write_text(json.dumps({"recipe": name, "chosen": best, "in_code": recipe.chosen}, indent=2))
     if recipe.chosen is not None and recipe.chosen != best:
@@ -181,12 +187,38 @@ def run_ablation(name: str, source: str, out: Path, device: str | None = None, p
                                f"{chosen.change}; {p:.0%} of the training patients",
                                {**chosen.pretrain, **({"pretrain_share": p} if p < 1 else {})})
                        for p in recipe.curve_shares)
-        curve = run_variants(recipe.pretrain, shares, store, folder, recipe.tasks, settings, device, progress,
-                             workers)
         paths["curve_csv"], paths["curve_png"] = out / "curve.csv", out / "curve.png"
-        curve.to_csv(paths["curve_csv"], index=False)
-        plot_curve(curve, paths["curve_png"], f"{name}: validation AUROC against pretraining data")
+        curve = run_variants(recipe.pretrain, shares, store, folder, recipe.tasks, settings, device, progress,
+                             workers, table=paths["curve_csv"])
+        zcurve = None
+        if extra_source and recipe.zscore_args:
+            paths["zcurve_csv"] = out / "zcurve.csv"
+            zcurve = _zscored_point(recipe, chosen, source, extra_source, out, settings, device, progress, workers,
+                                    paths["zcurve_csv"])
+        plot_curve(curve, paths["curve_png"], f"{name}: validation AUROC against pretraining data", extra=zcurve)
     return paths
+
+
+def _zscored_point(recipe: Recipe, chosen: Variant, source: str, extra: str, out: Path, settings: dict,
+                   device: str | None, progress: bool, workers: int, table: Path) -> pd.DataFrame:
+    """The curve's z-scored point: the chosen settings without VCG on z-scored ``source``, and on ``source`` +
+    ``extra``; both probed on ``source``'s labelled val records (the extra corpus carries other label names)."""
+    from ..prepare import main as prepare_main
+    from .ablation import run_variants
+
+    rows = []
+    change = {**chosen.pretrain, "spatial": False}  # z-scored leads: no millivolts, no VCG rotation
+    for label, sources in (("z-scored", [source]), ("z-scored + extra", [source, extra])):
+        store = out / ("zstore" if len(sources) == 1 else "zstore-extra")
+        if not (store / "store.json").is_file():
+            if prepare_main([*sources, "--out", str(store), *recipe.zscore_args]) != 0:
+                raise EvalError(f"recipe {recipe.name}: ecgfast-prepare of {', '.join(sources)} failed")
+        name = "z-" + ("source" if len(sources) == 1 else "source-extra")
+        variant = Variant(name, f"{chosen.change}; {label}, no VCG", change)
+        rows.append(run_variants(recipe.pretrain, (variant,), store, out / "ablation", recipe.tasks, settings,
+                                 device, progress, workers))
+        pd.concat(rows).to_csv(table, index=False)
+    return pd.concat(rows, ignore_index=True)
 
 
 __all__ = ["RECIPES", "Recipe", "prepare_recipe_store", "run_ablation", "run_recipe"]

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=5.0, help="reject records shorter than this (default 5)")
     p.add_argument("--bandpass", type=float, nargs=2, metavar=("LOW", "HIGH"), help="zero-phase band-pass, Hz")
     p.add_argument("--notch", type=float, help="zero-phase powerline notch at this frequency, Hz (50 or 60)")
+    p.add_argument("--normalize", choices=("zscore",), help="zscore: each lead of each record to zero mean and unit "
+                   "sd after the filters; the store holds z signals (how ptbxl-subset was made; lets z-scored and "
+                   "millivolt sources share one store)")
     p.add_argument("--max-abs-mv", type=float, default=50.0,
                    help="reject a record with a lead beyond +-this many mV: implausible_amplitude (default 50)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -105,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         readers = [open_source(s, args.format, patient_map=patient_map, **options) for s in args.sources]
         config = PreprocessConfig(fs=args.fs or _store_rate(readers), seconds=args.seconds,
                                   min_seconds=args.min_seconds, notch=args.notch, max_abs_mv=args.max_abs_mv,
+                                  normalize=args.normalize,
                                   bandpass=tuple(args.bandpass) if args.bandpass else None)
         method = "column" if args.split_column else args.split_by
         given = {name for name, value in (("fractions", args.split_fractions), ("seed", args.split_seed),

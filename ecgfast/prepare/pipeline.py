@@ -147,7 +147,10 @@ def _fingerprint(items: list[Planned], readers: Sequence[Reader], config: Prepro
 
 
 def _store_units(readers: Sequence[Reader], config: PreprocessConfig) -> PreprocessConfig:
-    """``config`` with the units the readers yield; a store holds one unit, so readers must agree."""
+    """``config`` with the units the readers yield; a store holds one unit, so readers must agree (unless the
+    config z-scores every record: the store is then "z" whatever its sources yield)."""
+    if config.normalize == "zscore":
+        return dataclasses.replace(config, units="z")
     units = {getattr(r, "signal_units", "mV") for r in readers} or {config.units}
     if len(units) > 1:
         raise ValueError(f"the sources yield different units ({', '.join(sorted(units))}); a store holds one: "
