@@ -34,23 +34,25 @@ def _toy(recipe: recipes.Recipe) -> recipes.Recipe:
 def test_the_ablation_and_curve_run_on_ptbxl_mini_and_never_read_a_test_record(shared_ecg, tmp_path, monkeypatch):
     source = shared_ecg / "ptbxl-mini"
     monkeypatch.setitem(recipes.RECIPES, "ptbxl", _toy(recipes.RECIPES["ptbxl"]))
-    read_rows: list[np.ndarray] = []
+    read_rows: dict[str, list[np.ndarray]] = {}
     real_read = ECGStore.read
 
     def spy(self, indices):
-        read_rows.append(np.asarray(indices, dtype=np.int64).reshape(-1).copy())
+        read_rows.setdefault(self.path.resolve().name, []).append(np.asarray(indices, dtype=np.int64).reshape(-1))
         return real_read(self, indices)
 
     monkeypatch.setattr(ECGStore, "read", spy)
     out = tmp_path / "mini"
     assert main(["--recipe", "ptbxl", "--ablation", "--source", str(source), "--out", str(out),
-                 "--no-progress"]) == 0
-    store = ECGStore(out / "store")
-    test_rows = set(store.split_indices("test").tolist())
-    seen = set(np.concatenate(read_rows).tolist())
-    assert seen and not (seen & test_rows), f"{len(seen & test_rows)} test records were read"
-    assert seen & set(store.split_indices("val").tolist())  # the probe and the monitor read validation records
-    assert store.fs == 100.0 and len(store.split_indices("test")) > 200  # fold 10 is there, unread
+                 "--extra-source", str(shared_ecg / "ptbxl-subset"), "--no-progress"]) == 0
+    assert set(read_rows) == {"store", "zstore", "zstore-extra"}
+    for name, rows in read_rows.items():
+        store = ECGStore(out / name)
+        seen, test_rows = set(np.concatenate(rows).tolist()), set(store.split_indices("test").tolist())
+        assert seen and not (seen & test_rows), f"{name}: {len(seen & test_rows)} test records were read"
+        assert seen & set(store.split_indices("val").tolist())  # the probe and the monitor read validation records
+        assert len(test_rows) > 200  # fold 10 is there, unread
+    assert ECGStore(out / "store").fs == 100.0
 
     table = pd.read_csv(out / "ablation.csv")
     assert list(table["variant"]) == ["recipe", "no-vcg"]
@@ -61,6 +63,17 @@ def test_the_ablation_and_curve_run_on_ptbxl_mini_and_never_read_a_test_record(s
     curve = pd.read_csv(out / "curve.csv")
     assert curve["pretrain_ecgs"].is_monotonic_increasing and curve["pretrain_ecgs"].iloc[-1] > 1000
     assert (out / "curve.png").stat().st_size > 0
+    # the z-scored point: the same settings without VCG, on z-scored records alone and with the extra corpus
+    zcurve = pd.read_csv(out / "zcurve.csv")
+    assert list(zcurve["variant"]) == ["z-source", "z-source-extra"]
+    assert zcurve["pretrain_ecgs"].iloc[1] > zcurve["pretrain_ecgs"].iloc[0] + 1000  # the subset's training split
+    assert ECGStore(out / "zstore-extra").units == "z" and zcurve["val_auroc"].notna().all()
+    # the test run pretrains the chosen variant: its finished encoder from the ablation, nothing trained again
+    monkeypatch.setitem(recipes.RECIPES, "ptbxl", dataclasses.replace(recipes.RECIPES["ptbxl"],
+                                                                      chosen=chosen["chosen"]))
+    cfg = recipes.run_recipe("ptbxl", str(source), out, progress=False)
+    assert cfg.checkpoint == str(out / "ablation" / chosen["chosen"] / "pretrain") and not (out / "pretrain").exists()
+    assert cfg.score_split == "test" and cfg.arms == ("random", "random-features", "frozen", "finetuned")
     # a cell of the ablation says what it scored: the val split, never a test result
     cell = json.loads(next((out / "ablation" / "recipe" / "val" / "cells").glob("*.json")).read_text())
     assert cell["scored_on"] == "val" and cell["settings"]["score_split"] == "val"

@@ -138,15 +138,39 @@ def run_recipe(name: str, source: str, out: Path, device: str | None = None, pro
 
     store = prepare_recipe_store(recipe, source, out)
     run = out / "pretrain"
-    config = load_config(overrides={**recipe.final_pretrain(), "store": str(store), "out": str(run),
-                                    "progress": progress, "device": device})
-    log.info("recipe %s: pretraining %s on %s (continued if begun, reused if done)", name, config.model, store)
-    pretrain_until_done(config)
+    overrides = {**recipe.final_pretrain(), "store": str(store), "progress": progress, "device": device}
+    ablated = out / "ablation" / str(recipe.chosen) / "pretrain"
+    if recipe.chosen and _finished_with(ablated, load_config(overrides={**overrides, "out": str(ablated)})):
+        run = ablated  # the chosen variant's encoder, already pretrained with these very settings by --ablation
+        log.info("recipe %s: the encoder of the chosen variant %r (%s)", name, recipe.chosen, run)
+    else:
+        config = load_config(overrides={**overrides, "out": str(run)})
+        log.info("recipe %s: pretraining %s on %s (continued if begun, reused if done)", name, config.model, store)
+        pretrain_until_done(config)
     settings = {**recipe.evaluate, **({"seeds": seeds} if seeds else {})}
     note = recipe.note + (f"; pretraining settings: variant {recipe.chosen!r} of the validation ablation"
                           if recipe.chosen else "")
     return EvalConfig(store=str(store), out=str(out / "eval"), tasks=recipe.tasks, checkpoint=str(run),
                       device=device, progress=progress, budget_note=note, workers=workers, **settings)
+
+
+def _finished_with(run: Path, config) -> bool:
+    """True when ``run`` is a finished pretraining run whose settings would train what ``config`` trains."""
+    import json
+
+    from ..pretrain.checkpoint import STATE_KEYS, CheckpointError, find_checkpoint, load_state
+    from ..pretrain.config import to_dict
+    from ..pretrain.resume import ResumeError, check_resume
+
+    try:
+        ckpt = find_checkpoint(run, STATE_KEYS) if (run / "checkpoints").is_dir() else None
+        if ckpt is None:
+            return False
+        state = load_state(ckpt)
+        check_resume(json.loads((ckpt / "config.json").read_text()), to_dict(config), None, "", None, "")
+    except (CheckpointError, ResumeError, OSError, ValueError):
+        return False
+    return "total_steps" in state and int(state["step"]) >= int(state["total_steps"])
 
 
 def run_ablation(name: str, source: str, out: Path, device: str | None = None, progress: bool = True,
