@@ -274,6 +274,19 @@ def test_variants_are_tuned_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(fwd.cache) == 5, list(fwd.cache)
 
 
+def test_an_interpreter_that_cannot_run_the_kernels_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton < 3.8's interpreter with NumPy >= 2.4 fails in every key loop; tests/conftest.py stops with this
+    message instead of failing hundreds of cases."""
+    import ecgfast.kernels as kernels
+
+    versions = {"triton": "3.6.0", "numpy": "2.4.6"}
+    monkeypatch.setattr(kernels.metadata, "version", lambda name: versions[name])
+    assert "install triton>=3.8 or numpy<2.4" in kernels.interpreter_incompatibility()
+    for triton_version, numpy_version in (("3.8.0", "2.4.6"), ("3.6.0", "2.3.5"), ("3.9.1", "2.5.0")):
+        versions.update(triton=triton_version, numpy=numpy_version)
+        assert kernels.interpreter_incompatibility() is None
+
+
 # (z's dtype, precision argument, the dtype the rows are rounded to or None, unit roundoff u of the rows)
 PRECISION_CASES = [(torch.float32, "bf16", torch.bfloat16, 2**-8), (torch.bfloat16, None, torch.bfloat16, 2**-8),
                    (torch.float16, None, torch.float16, 2**-11), (torch.float32, "fp16", torch.float16, 2**-11),

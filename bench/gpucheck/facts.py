@@ -1,14 +1,16 @@
 """Phase ``facts``: what ran the check. GPU, driver, clocks, torch / Triton / CUDA / cuDNN / Python versions, the
-backends each op finds, how ``ecgfast._C`` was built (setup.py's ``ecgfast/_build_info.json``: CUDA or not, compile
-flags, architectures) and the machine code it holds (``cuobjdump --list-elf``, where the tool exists)."""
+backends each op finds, how ``ecgfast._C`` was built (setup.py's ``ecgfast/_build_info.<python tag>.json``: CUDA or
+not, compile flags, architectures) and the machine code it holds (``cuobjdump --list-elf``, where the tool exists)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -84,9 +86,9 @@ def extension_facts() -> dict:
     import ecgfast
 
     root = Path(ecgfast.__file__).parent
-    info = root / "_build_info.json"
-    facts["build"] = json.loads(info.read_text()) if info.is_file() else "no _build_info.json (built before it existed)"
-    so = sorted(root.glob("_C*.so"))
+    info = root / f"_build_info.{sys.implementation.cache_tag}.json"  # written by setup.py for this interpreter
+    facts["build"] = json.loads(info.read_text()) if info.is_file() else f"no {info.name} (built before it existed)"
+    so = sorted(root.glob(f"_C.{sys.implementation.cache_tag}*.so"))
     if so:
         facts["library"] = so[0].name
         elf = _run(["cuobjdump", "--list-elf", str(so[0])])
@@ -105,6 +107,10 @@ def run(ctx: Context) -> dict:
     if device.type == "cuda":
         ctx.record("gpu", **gpu_facts(device))
     ctx.record("extension", **extension_facts())
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from ecgfast.kernels import interpreter_incompatibility
+
+        ctx.record("Triton interpreter", problem=interpreter_incompatibility() or "none")
     for op in backends.BACKENDS:
         ctx.record(f"backends {op}", available=list(backends.available_backends(op, device)),
                    default=backends.default_backend(op, device))
