@@ -11,8 +11,9 @@ Everything declarative lives in pyproject.toml. This file only decides whether t
   the architectures: they default to :data:`DEFAULT_CUDA_ARCHS` (A100, H100, and PTX for newer GPUs).
 - A CUDA toolkit without the CUDA runtime library (nvcc alone) cannot link the CUDA op: the CPU op is built
   alone, with a one-line message.
-- How the extension was built (CUDA or not, flags, architectures, torch) is written to ``ecgfast/_build_info.json``
-  (git-ignored), which ``bench/gpu_check.py`` reports.
+- How the extension was built (CUDA or not, flags, architectures, torch) is written to
+  ``ecgfast/_build_info.<python tag>.json`` (git-ignored; one per interpreter, as the library is), which
+  ``bench/gpu_check.py`` reports.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # built when no GPU is visible to infer the list from
-BUILD_INFO = os.path.join(HERE, "ecgfast", "_build_info.json")
+BUILD_INFO = os.path.join(HERE, "ecgfast", f"_build_info.{sys.implementation.cache_tag}.json")
 
 
 def cuda_arch_list(environ: dict, visible_gpus: int) -> str | None:
