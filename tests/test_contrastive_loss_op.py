@@ -622,6 +622,15 @@ def test_backend_choice_and_environment_override(monkeypatch: pytest.MonkeyPatch
     assert backends.available_backends(OP, "cuda")[-1] == "torch"
 
 
+def test_row_bounds_are_those_of_slice_indices() -> None:
+    """The anchors' bounds, written out so that torch 2.11's dynamo traces them, equal slice.indices for every slice
+    with a positive step (others are refused)."""
+    bounds = (None, -100, -5, -1, 0, 1, 3, 33, 100)
+    for n in (0, 1, 5, 70):
+        for rows in [slice(a, b, c) for a in bounds for b in bounds for c in (None, 1, 2)] + [None]:
+            assert op._row_bounds(rows, n) == (rows or slice(None)).indices(n), (rows, n)
+
+
 def test_input_checks() -> None:
     z, ids = torch.randn(4, 3), torch.tensor([0, 0, 1, 1])
     bad = [

@@ -437,6 +437,24 @@ def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], vie
     return loss, w_sum
 
 
+def _row_bounds(rows: slice | None, n: int) -> tuple[int, int, int]:
+    """(start, stop, step) of the anchors ``rows`` among n rows, as ``slice.indices(n)`` gives them for a positive
+    step (others are refused by the caller). Written out: torch 2.11's dynamo cannot trace ``slice.indices``, which
+    broke ``torch.compile(fullgraph=True)`` of the loss there."""
+    if rows is None:
+        return 0, n, 1
+    step = 1 if rows.step is None else rows.step
+    if step <= 0:
+        return 0, 0, step
+
+    def clip(bound: int | None, default: int) -> int:
+        if bound is None:
+            return default
+        return min(max(bound + n if bound < 0 else bound, 0), n)
+
+    return clip(rows.start, 0), clip(rows.stop, n), step
+
+
 def _warn_no_positive(where: str = "row") -> None:
     warnings.warn(f"multi-positive contrastive loss: no {where} has a positive (every group is a singleton, every "
                   "weight is 0, or view_ids leave no pair); the loss is 0", RuntimeWarning, stacklevel=3)
@@ -526,7 +544,7 @@ def multi_positive_contrastive_loss(
     check_positives = not torch.compiler.is_compiling() and z.device.type == "cpu"  # no host sync on a GPU
     world = _world_size() if gather else 1
     if world == 1:
-        start, stop, step = (rows or slice(None)).indices(n)
+        start, stop, step = _row_bounds(rows, n)
         if step != 1 or (stop <= start and n > 0):  # an empty batch scores nothing: the reference's loss 0
             raise ValueError(f"rows must be a non-empty slice with step 1 of the {n} rows, got {rows}")
         per_row, w_sum = _scored_rows(z, ids, lam, views, cfg, start, stop, backend, precision)
