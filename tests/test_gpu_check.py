@@ -55,8 +55,8 @@ def test_smoke_runs_every_phase_and_writes_jsonl_and_summary(tmp_path: Path) -> 
     assert not [r for r in results if r.get("ok") is False]
     by_phase = {name: [r for r in results if r["phase"] == name] for name in PHASES}
     loss = by_phase["loss_correctness"]
-    assert {"training call", "row slice (DDP rank 1 of 4)", "deterministic", "grid", "config fwd",
-            "config bwd"} <= {r["case"] for r in loss}
+    assert {"training call", "row slice (DDP rank 1 of 4)", "deterministic", "grid", "config fwd", "config bwd",
+            "timing variant"} <= {r["case"] for r in loss}
     assert len([r for r in loss if r["case"] == "grid"]) == 2 * 2 * 3  # N {2, 65} x d {16, 128} x 3 precisions
     assert all(r["ok"] for r in loss)
     assert {r["case"] for r in by_phase["vcg_correctness"]} == {"whole", "halves", "shared", "float strided"}

@@ -7,7 +7,7 @@ Triton compiling and autotuning each new variant, which the ``first_call_s`` col
 2. a row slice (the DDP path: the queries of rank 1 of 4 against all N = ``loss_slice_n`` keys);
 3. bitwise determinism: the training call at N = ``loss_slice_n`` twice, loss and gradient compared bit for bit;
 4. every config the autotuner may pick at N = ``loss_slice_n``, d = 128 (pruned ahead of time), forced one at a time
-   through the launcher, forward and backward;
+   through the launcher, forward and backward; then the variant the timing phases measure (one id kind, no view ids);
 5. the grid: every N x d of the sizes (``loss_ns`` x ``loss_ds``) in bf16, fp16 and fp32 rows; bf16 with two id kinds
    and view ids, fp16 with one kind and view ids, fp32 with two kinds and no view ids, so each N x d meets both id
    counts and both view settings; z and the ids non-contiguous (strided views);
@@ -150,7 +150,8 @@ def run(ctx: Context) -> dict:
              ("row slice", lambda: check(ctx, "row slice (DDP rank 1 of 4)", n, 128, "bf16", 2, True, 99,
                                          rows=slice(quarter, 2 * quarter))),
              ("determinism", lambda: check_determinism(ctx, n)),
-             ("configs d 128", lambda: check_configs(ctx, n, 128))]
+             ("configs d 128", lambda: check_configs(ctx, n, 128)),
+             ("timing variant", lambda: check(ctx, "timing variant", n, 128, "bf16", 1, False, 97))]
     steps += [(f"grid N {m} d {d} {p}", lambda m=m, d=d, p=p, i=i: check(ctx, "grid", m, d, p, *VARIANT[p], seed=i))
               for i, (m, d, p) in enumerate(grid)]
     steps.append(("configs d 256", lambda: check_configs(ctx, n, 256)))
