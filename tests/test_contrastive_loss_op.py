@@ -267,8 +267,8 @@ def test_variants_are_tuned_apart(monkeypatch: pytest.MonkeyPatch) -> None:
     n = 40
     z = torch.randn(n, 16)
     ecg = torch.arange(n) // 2
-    for kw in ({"group_ids": [ecg]}, {"group_ids": [ecg, ecg // 2]}, {"group_ids": [ecg], "view_ids": torch.arange(n) % 2},
-               {"group_ids": [ecg], "rows": slice(0, 10)}):
+    for kw in ({"group_ids": [ecg]}, {"group_ids": [ecg, ecg // 2]},
+               {"group_ids": [ecg], "view_ids": torch.arange(n) % 2}, {"group_ids": [ecg], "rows": slice(0, 10)}):
         multi_positive_contrastive_loss(z, backend="triton", **kw)
     op._triton_forward(z, ecg[None], (1.0,), None, 0, n, TAU, True, "fp32", splits=2)  # two key splits, partials
     assert len(fwd.cache) == 5, list(fwd.cache)

@@ -10,9 +10,9 @@ would choose first; a mode that does not fit is recorded skipped with the predic
 Per run: first step (compile included) and the median of ``steps`` further steps, ECGs/s, MFU (the encoder's
 forward + backward FLOPs, counted by ``torch.utils.flop_counter`` at 2 ECGs and scaled to the batch, recomputation not
 counted, over the step time, against the datasheet bf16 peak and against the GEMM rate of ``loss_timing``), the
-measured peak (the CUDA allocator's, weights and Adam included; on a CPU the step's own allocations) against the
-prediction. Once: the time of the input copy, the views call and the loss (forward + backward) alone, and their share
-of the eager full (else first measured) step.
+measured peak (the CUDA allocator's, weights and Adam included; on a CPU the step's own allocations, eager only)
+against the prediction. Once: the time of the input copy, the views call and the loss (forward + backward) alone,
+and their share of the eager full (else first measured) step.
 """
 
 from __future__ import annotations
@@ -155,13 +155,15 @@ def run(ctx: Context) -> dict:
         model_flops = flops_per_ecg * sizes.train_batch
         predicted = plan.prediction.total if device.type == "cuda" else (
             plan.prediction.activations + plan.prediction.batch)
-        got = peak_bytes(step)
+        # on a CPU the peak comes from a dispatch mode, under which a compiled step runs eagerly: not measured there
+        got = peak_bytes(step) if device.type == "cuda" or not compiled else None
         ctx.record(label, chunk=plan.chunk, first_step_s=first_s, step_s=seconds,
                    ecgs_per_s=sizes.train_batch / seconds, model_tflop=model_flops / 1e12,
                    tflops=model_flops / seconds / 1e12,
                    mfu_datasheet=model_flops / seconds / 1e12 / peak[0] if peak else None,
                    mfu_of_gemm=model_flops / seconds / 1e12 / gemm if gemm else None,
-                   peak_gib=got / 2**30, predicted_gib=predicted / 2**30, prediction_error=predicted / got - 1)
+                   peak_gib=got / 2**30 if got else None, predicted_gib=predicted / 2**30,
+                   prediction_error=predicted / got - 1 if got else None)
         measured += 1
         del step
         if device.type == "cuda":
