@@ -45,8 +45,8 @@ argument that changes the compiled kernel or its work besides the tiles (:data:`
 query-row buckets, D, the number of id kinds, whether view ids are given, the split path (one key split or
 partials), the product precision (and the normalisation's backward), with the dtypes of the tensor arguments that
 Triton adds itself; so one variant's choice is never reused for another. Where one config is left the host launcher
-calls the kernel directly, never the autotuner (which would still benchmark it). Under the Triton interpreter (CPU
-tests) one config per N bucket, never benchmarked.
+calls the kernel directly, never the autotuner (Triton 3.6's would still benchmark it). Under the Triton interpreter
+(CPU tests) one config per N bucket, never benchmarked.
 """
 
 from __future__ import annotations

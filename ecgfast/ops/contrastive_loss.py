@@ -106,8 +106,8 @@ def _triton_setup(z: torch.Tensor, normalize: bool, precision: str) -> tuple[tor
 
 def _launch(kernel, configs: list, config, grid, *args, **kwargs) -> None:
     """Launch an autotuned kernel on ``grid`` (meta -> grid tuple): through its autotuner where the configs pruned
-    ahead of time leave a choice, else the kernel itself with its one config (the autotuner of Triton < 3.8 would
-    still benchmark a single config, and tune it again for every new key). ``config`` forces a config."""
+    ahead of time leave a choice, else the kernel itself with its one config (Triton 3.6's autotuner, the GPU
+    machine's, still benchmarks a single config, for every new key; 3.8's does not). ``config`` forces a config."""
     chosen = config if config is not None else configs[0] if len(configs) == 1 else None
     if chosen is None:
         kernel[grid](*args, **kwargs)
