@@ -1,4 +1,5 @@
-"""bench/gpu_check.py: the smoke run of every phase, a run killed mid-way, the budget's skips, and the runner's rules.
+"""bench/gpu_check.py: the smoke run of every phase, a run killed mid-way, the budget's skips, the runner's rules; and
+bench/gpu_wheels.py: the wheel folder's checks and the device command the docs give.
 
 The smoke run is the whole check at toy sizes on this machine (Triton's interpreter, the C++ ops, the tiny preset)
 in a subprocess, with a budget large enough that no phase is skipped for time: every phase must end with a status,
@@ -8,6 +9,7 @@ the correctness phases with every result inside its rule. No timing is asserted 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_check import PHASE_TABLE  # noqa: E402  (bench/ is not a package)
+import gpu_wheels  # noqa: E402  (bench/ is not a package)
+from gpu_check import PHASE_TABLE  # noqa: E402
 from gpucheck import record  # noqa: E402
 from gpucheck.summary import render  # noqa: E402
 
@@ -146,3 +149,42 @@ def test_the_runner_gives_each_phase_its_status_and_carries_unused_time(tmp_path
     assert ends["timeout"]["seconds"] < 5
     assert (tmp_path / "gpu_check.md").read_text() == render(ctx.recorder.records)
     ctx.recorder.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bench/gpu_wheels.py: the wheels for the GPU machine, and the command documented for it
+
+def _wheel(folder: Path, filename: str, requires: tuple[str, ...] = (), size: int = 0) -> None:
+    import zipfile
+
+    name, version = filename.split("-")[:2]
+    with zipfile.ZipFile(folder / filename, "w") as z:
+        z.writestr(f"{name}-{version}.dist-info/METADATA", "Metadata-Version: 2.1\nName: {name}\n" + "".join(
+            f"Requires-Dist: {r}\n" for r in requires))
+        if size:
+            z.writestr("padding.bin", os.urandom(size))
+
+
+def test_the_wheel_folder_check_names_every_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu_wheels, "WHEELS", {"wfdb": "4.3.1", "tomli-w": "1.2.0"})
+    _wheel(tmp_path, "wfdb-4.3.1-py3-none-any.whl", ("numpy>=1", "soundfile>=0.10", "pywin32; sys_platform == 'win32'",
+                                                     "sphinx; extra == 'docs'"))
+    _wheel(tmp_path, "tomli_w-1.2.0-py3-none-any.whl")
+    assert gpu_wheels.check(tmp_path) == [  # numpy is on the machine; win32 and extras do not apply there
+        f"wfdb-4.3.1-py3-none-any.whl needs soundfile>=0.10, which neither the device nor {tmp_path.name}/ has"]
+    _wheel(tmp_path, "soundfile-0.14.0-py2.py3-none-manylinux_2_28_x86_64.whl")
+    assert gpu_wheels.check(tmp_path) == []
+    _wheel(tmp_path, "soundfile-0.13.1-py2.py3-none-manylinux_2_28_x86_64.whl")
+    _wheel(tmp_path, "cffi-2.1.1-cp311-cp311-manylinux2014_x86_64.whl", size=2**20)
+    monkeypatch.setattr(gpu_wheels, "LIMIT_MIB", 1)
+    (tmp_path / "tomli_w-1.2.0-py3-none-any.whl").unlink()
+    problems = "\n".join(gpu_wheels.check(tmp_path))
+    for words in ("two versions of soundfile", "cp311-cp311-manylinux2014_x86_64.whl is not for CPython 3.12",
+                  "tomli-w==1.2.0 is missing", "MiB of wheels, more than 1 MiB"):
+        assert words in problems, problems
+
+
+def test_the_readme_and_docs_give_the_command_gpu_wheels_prints() -> None:
+    for doc in ("README.md", "docs/GPU_CHECK.md"):
+        assert gpu_wheels.DEVICE_COMMAND in (ROOT / doc).read_text(), doc
+    assert len(gpu_wheels.DEVICE_COMMAND) < 2000  # the device tool's limit for one command
