@@ -11,11 +11,16 @@ Everything declarative lives in pyproject.toml. This file only decides whether t
   the architectures: they default to :data:`DEFAULT_CUDA_ARCHS` (A100, H100, and PTX for newer GPUs).
 - A CUDA toolkit without the CUDA runtime library (nvcc alone) cannot link the CUDA op: the CPU op is built
   alone, with a one-line message.
+- How the extension was built (CUDA or not, flags, architectures, torch) is written to
+  ``ecgfast/_build_info.<python tag>.json`` (git-ignored; one per interpreter, as the library is), which
+  ``bench/gpu_check.py`` reports.
 """
 
 from __future__ import annotations
 
+import datetime
 import glob
+import json
 import os
 import sys
 
@@ -23,6 +28,7 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"  # built when no GPU is visible to infer the list from
+BUILD_INFO = os.path.join(HERE, "ecgfast", f"_build_info.{sys.implementation.cache_tag}.json")
 
 
 def cuda_arch_list(environ: dict, visible_gpus: int) -> str | None:
@@ -40,6 +46,30 @@ def has_cudart(cuda_home: str | None) -> bool:
     found = [glob.glob(os.path.join(cuda_home, sub, "libcudart*")) for sub in ("lib64", "lib", "lib/x64",
                                                                                 "targets/*/lib")]
     return any(found)
+
+
+def write_build_info(with_cuda: bool, extra_compile_args: dict, path: str = BUILD_INFO) -> dict:
+    """Record how ``ecgfast._C`` is being built: CUDA or not, our compile flags, the nvcc architecture flags torch
+    derives (from TORCH_CUDA_ARCH_LIST or the visible GPU), torch's version and CUDA. Returns what it wrote."""
+    import torch
+    from torch.utils import cpp_extension
+
+    arch_flags = None
+    if with_cuda:
+        try:  # torch's private helper, the flags it will pass to nvcc
+            arch_flags = cpp_extension._get_cuda_arch_flags()
+        except Exception as exc:  # noqa: BLE001 (a record, never a build failure)
+            arch_flags = f"unknown ({type(exc).__name__}: {exc})"
+    info = {"with_cuda": with_cuda, "extra_compile_args": extra_compile_args, "nvcc_arch_flags": arch_flags,
+            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST"), "cuda_home": cpp_extension.CUDA_HOME,
+            "torch": torch.__version__, "torch_cuda": torch.version.cuda, "python": sys.version.split()[0],
+            "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+    except OSError as exc:
+        print(f"ecgfast: could not write {path}: {exc}", file=sys.stderr)
+    return info
 
 
 def _extensions() -> tuple[list, dict]:
@@ -80,6 +110,7 @@ def _extensions() -> tuple[list, dict]:
         extra_link_args=["-fopenmp"],
     )
     ext = cpp_extension.CUDAExtension(**kwargs) if with_cuda else cpp_extension.CppExtension(**kwargs)
+    write_build_info(with_cuda, kwargs["extra_compile_args"])
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 

@@ -4,9 +4,10 @@
     python bench/run_all.py bench/test_bench_data.py   # a subset (files, or -k EXPR)
 
 Writes ``bench/results/<device>-<date>.json`` (device name, date, versions, every benchmark's mean time and
-extra info) and a Markdown table beside it. On a GPU machine it is the one script to run: it first runs the
-test suite there (real Triton and CUDA kernels, the GPU-only tests) and records the outcome, then the
-benchmarks, the CUDA-only ones included (they skip elsewhere).
+extra info) and a Markdown table beside it. On a GPU machine it first runs the test suite there (real Triton and
+CUDA kernels, the GPU-only tests) and records the outcome, then the benchmarks, the CUDA-only ones included (they
+skip elsewhere): 10 to 25 minutes, with no budget. For a short, borrowed GPU window, ``bench/gpu_check.py`` measures
+the central claims inside a time budget instead.
 """
 
 from __future__ import annotations

@@ -8,14 +8,15 @@ interpreter is never benchmarked); modes "forward" and "full" (forward + backwar
 process, the VmHWM mark reset before it), and prints beside the mean time of one call its FLOPs (the matmul floor
 any implementation pays: forward 2 N^2 d, full 6 N^2 d), its bytes (the compulsory memory traffic: z read, the
 loss written, ids read; for "full" also z read again and dz written: O(N d), what a kernel that never spills the
-N x N matrix to memory moves), the achieved TFLOP/s and GB/s, and, on a GPU in :data:`PEAKS`, the percentage of
-its dense bf16 tensor-core peak and of its memory bandwidth (also in ``extra_info``, so bench/run_all.py records
-them). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts to show), so that the file
-takes a minute or two; the 16,384-row memory claim is a test in tests/test_contrastive_loss_op.py. GPU sizes are
-issue 12's: N = 2,048 (the paper's batch), 8,192, 32,768 and 65,536 at d = 128, bf16 embeddings; the naive loss is
-skipped at 65,536 rows (16 GiB per N x N fp32 matrix, several of them). On a GPU only, the current kernel is also
-measured against the previous one (commit 8f57bcd, kept in bench/baselines/contrastive_loss_v1.py) at N = 2,048
-and 8,192, d = 128, bf16 and fp32 embeddings (:func:`test_contrastive_loss_against_the_previous_kernel`).
+N x N matrix to memory moves), the achieved TFLOP/s and GB/s, and, on a GPU in ``gpucheck.timers.PEAKS``, the
+percentage of its dense bf16 tensor-core peak and of its memory bandwidth (also in ``extra_info``, so
+bench/run_all.py records them). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts to
+show), so that the file takes a minute or two; the 16,384-row memory claim is a test in
+tests/test_contrastive_loss_op.py. GPU sizes are issue 12's: N = 2,048 (the paper's batch), 8,192, 32,768 and
+65,536 at d = 128, bf16 embeddings; the naive loss is skipped at 65,536 rows (16 GiB per N x N fp32 matrix, several
+of them). On a GPU only, the current kernel is also measured against the previous one (commit 8f57bcd, kept in
+bench/baselines/contrastive_loss_v1.py) at N = 2,048 and 8,192, d = 128, bf16 and fp32 embeddings
+(:func:`test_contrastive_loss_against_the_previous_kernel`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import textwrap
 
 import pytest
 import torch
+from gpucheck.timers import device_peaks  # the datasheet peaks, one table for the benchmarks and the GPU check
 
 from ecgfast.ops.backends import available_backends
 from ecgfast.ops.contrastive_loss import multi_positive_contrastive_loss
@@ -38,9 +40,6 @@ CPU_CASES = ((1024, 128), (2048, 256), (4096, 128))  # (N, d)
 GPU_NS = (2048, 8192, 32768, 65536)
 GPU_DS = (128,)
 NAIVE_MAX_N = 32768  # the naive loss at 65,536 rows needs several 16 GiB N x N matrices
-# dense bf16 tensor-core TFLOP/s and memory GB/s of the GPUs we run on (vendor datasheets; no sparsity)
-PEAKS: dict[str, tuple[float, float]] = {"H100 PCIe": (756.0, 2000.0), "H100": (989.0, 3350.0),
-                                         "H200": (989.0, 4800.0), "A100": (312.0, 2039.0)}
 
 
 def naive_loss(z: torch.Tensor, ids: torch.Tensor, tau: float = TAU) -> torch.Tensor:
@@ -118,11 +117,6 @@ def bytes_per_call(mode: str, n: int, d: int, elem: int, id_kinds: int = 1) -> i
     once; "full" also reads z again and writes dz (N, d) (the backward recomputes the similarity tiles)."""
     io = n * d * elem + n * 4 + id_kinds * n * 8
     return io if mode == "forward" else io + 2 * n * d * elem
-
-
-def device_peaks(name: str) -> tuple[float, float] | None:
-    """(bf16 TFLOP/s, GB/s) of the GPU named ``name``, the first key of PEAKS it contains; None if unknown."""
-    return next((peak for key, peak in PEAKS.items() if key in name), None)
 
 
 def rates(mode: str, n: int, d: int, elem: int, mean_s: float, device: str) -> dict[str, float]:

@@ -38,9 +38,15 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
   (deterministic) before the same epilogue; with dx in column chunks the reduction runs even with one split,
   since the epilogue needs whole rows. A block without queries (under DDP) only visits the query keys.
 
-Tile sizes come from ``triton.autotune`` over a few configs keyed on (N bucket, D, dtypes), pruned to those whose
-tiles fit in registers and shared memory for that D; under the Triton interpreter (CPU tests) one config per N
-bucket, never benchmarked.
+Tile sizes come from ``triton.autotune`` over a few configs, pruned ahead of time (:func:`launch_configs`) to those
+whose tiles fit in registers and shared memory for that D, and to one config for small N (below
+:data:`TUNE_MIN_N_BUCKET` keys a launch is latency-bound: no config pays for its compile). The autotune key is every
+argument that changes the compiled kernel or its work besides the tiles (:data:`FWD_KEY`, :data:`BWD_KEY`): N and
+query-row buckets, D, the number of id kinds, whether view ids are given, the split path (one key split or
+partials), the product precision (and the normalisation's backward), with the dtypes of the tensor arguments that
+Triton adds itself; so one variant's choice is never reused for another. Where one config is left the host launcher
+calls the kernel directly, never the autotuner (Triton 3.6's would still benchmark it). Under the Triton interpreter
+(CPU tests) one config per N bucket, never benchmarked.
 """
 
 from __future__ import annotations
@@ -127,26 +133,42 @@ def tile_fits(which: str, block_m: int, block_n: int, num_warps: int, num_stages
     return registers <= budget and num_stages * staged_rows * dot_chunk(d_pad) * elem_bytes <= SMEM_BUDGET
 
 
-def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int) -> list[triton.Config]:
+# Below this N bucket a launch is latency-bound (at N = 512, d = 128 the whole forward + backward is 0.2 GFLOP, a
+# few microseconds of tensor-core time): one config (the smallest fitting tiles, which waste least on a few rows),
+# since tuning would cost a compile per config (about a second each) to win nothing measurable.
+TUNE_MIN_N_BUCKET = 1024
+# The autotune keys: every argument besides the tiles that changes the compiled kernel or its work. Triton adds the
+# dtypes of the tensor arguments (rows, z) itself. N_BUCKET and ROWS_BUCKET are powers of 2 >= N and the query rows.
+FWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "SINGLE", "DOT"]
+BWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "NORMALIZE", "SINGLE", "DOT"]
+
+
+def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int,
+             n_bucket: int) -> list[triton.Config]:
     fit = [c for c in configs if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
                                            c.num_stages, d_pad, elem_bytes)]
-    return fit or configs[-1:]  # the smallest tiles, whatever the estimate says
+    fit = fit or configs[-1:]  # the smallest tiles, whatever the estimate says
+    if n_bucket < TUNE_MIN_N_BUCKET:
+        return [min(fit, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
+    return fit
 
 
 def _pruner(which: str):
-    """The autotuner's early_config_prune: the configs whose tiles fit for this launch's D_PAD and row dtype."""
+    """The autotuner's early_config_prune: the configs of :func:`launch_configs` for this launch."""
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         if INTERPRET:
             return [_interpreter_config(named_args["N_BUCKET"])]
-        return _fitting(configs, which, kwargs["D_PAD"], named_args["X"].element_size())
+        return _fitting(configs, which, kwargs["D_PAD"], named_args["X"].element_size(), named_args["N_BUCKET"])
     return prune
 
 
 def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int) -> list[triton.Config]:
-    """The configs the autotuner of kernel ``which`` ("fwd" / "bwd") chooses from for N keys, this D and row dtype."""
+    """The configs kernel ``which`` ("fwd" / "bwd") chooses from for N keys, this D and row dtype, pruned ahead of
+    time: the tiles that fit (:func:`tile_fits`), one config below :data:`TUNE_MIN_N_BUCKET`, one per N bucket in
+    the interpreter. The launcher calls the kernel with the config directly when one is left."""
     if INTERPRET:
         return [_interpreter_config(triton.next_power_of_2(n))]
-    return _fitting(_configs(which), which, d_pad, elem_bytes)
+    return _fitting(_configs(which), which, d_pad, elem_bytes, triton.next_power_of_2(n))
 
 
 def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int,
@@ -314,18 +336,18 @@ def _mp_contrastive_normalize_kernel(Z, X, N, stride_z0, stride_z1, D: tl.conste
     tl.store(X + rows[:, None] * D + offs[None, :], _round_to(z, X.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "D"], prune_configs_by={"early_config_prune":
-                                                                                   _pruner("fwd")})
+@triton.autotune(configs=_configs("fwd"), key=FWD_KEY, prune_configs_by={"early_config_prune": _pruner("fwd")})
 @triton.jit
 def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N, n_rows, offset, keys_per_split,
-                               scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
+                               scale_log2, inv_tau, N_BUCKET, ROWS_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
                                BLOCK_D: tl.constexpr, NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr,
                                SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_N: tl.constexpr):
     """Rows r of the queries [offset, offset + n_rows) against keys [split * keys_per_split, + keys_per_split).
 
     SINGLE (one split): LOSS, LSE, WSUM (n_rows,) fp32. Else PART (3, splits, n_rows): this split's lse, P, W.
-    scale_log2 = log2(e) / tau, inv_tau = 1 / tau; N_BUCKET (a power of 2 >= N) only keys the autotuner.
+    scale_log2 = log2(e) / tau, inv_tau = 1 / tau; N_BUCKET and ROWS_BUCKET (powers of 2 >= N, >= n_rows) only
+    key the autotuner.
     """
     split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # local query rows
@@ -391,14 +413,13 @@ def _mp_contrastive_merge_kernel(PART, LOSS, LSE, WSUM, n_rows, n_splits, BLOCK:
     tl.store(WSUM + rows, w_sum, mask=ok)
 
 
-@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "D"], prune_configs_by={"early_config_prune":
-                                                                                   _pruner("bwd")})
+@triton.autotune(configs=_configs("bwd"), key=BWD_KEY, prune_configs_by={"early_config_prune": _pruner("bwd")})
 @triton.jit
 def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART, N, n_rows, offset, stride_z0,
-                               stride_z1, scale_log2, inv_tau, N_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
-                               BLOCK_D: tl.constexpr, BLOCK_DX: tl.constexpr, NUM_KINDS: tl.constexpr,
-                               HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, SINGLE: tl.constexpr,
-                               DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                               stride_z1, scale_log2, inv_tau, N_BUCKET, ROWS_BUCKET, D: tl.constexpr,
+                               D_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DX: tl.constexpr,
+                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
+                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dz of rows [pid(0) * BLOCK_M, + BLOCK_M) of all N rows from G = d loss / d loss_rows (n_rows,) fp32.
 
     Grid (row blocks, key splits, D_PAD // BLOCK_DX): program (r, s, c) owns columns [c * BLOCK_DX, + BLOCK_DX)

@@ -12,6 +12,16 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, saying why, where the interpreter cannot run the kernels (rather than fail hundreds of cases)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from ecgfast.kernels import interpreter_incompatibility
+
+        problem = interpreter_incompatibility()
+        if problem:
+            pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
 SHARED_ECG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ecg"
 
 

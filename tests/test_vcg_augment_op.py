@@ -4,8 +4,10 @@ Oracles: the plain-torch reference (ecgfast.reference.vcg_augment) in float64, j
 at most twice torch's own float32 / bf16 error plus a small atol); exact equality of the mask pattern; the view
 windows against the reference's crop_windows (samples outside [0, T) read 0), with NaN guard bands around the
 record to prove that no kernel reads outside it; the noise against the reference's Philox stream at the counter
-of every output element; cropping commutes with the op. Triton runs in its interpreter on CPU
-(tests/conftest.py sets TRITON_INTERPRET=1), on small grids. The reference itself is tested in
+of every output element; cropping commutes with the op. Each backend runs on each device it exists for
+(tests/devices.py): Triton in its interpreter on the CPU (tests/conftest.py sets TRITON_INTERPRET=1), on small grids,
+and compiled on CUDA; the C++ op on the CPU and the CUDA op on CUDA; the input on that device. Pairs this machine
+lacks are skipped cases (CUDA ones marked ``gpu``). The reference itself is tested in
 tests/test_vcg_reference.py, the parameter sampling in tests/test_vcg_params.py.
 """
 
@@ -23,6 +25,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from devices import CUDA, backend_cases, cross, device_cases
 from scipy import stats
 
 import ecgfast.nn
@@ -44,6 +47,8 @@ OP = "vcg_augment"
 ENV = backends.ENV_VARS[OP]
 BACKENDS = backends.available_backends(OP, "cpu")  # triton (interpreter), cpp (if built), torch
 KERNEL_BACKENDS = [b for b in BACKENDS if b != "torch"]
+CASES = backend_cases(OP)  # (backend, device): triton, cpp, torch on the CPU; triton, cuda, torch on CUDA
+COMPILED = {("cpp", "cpu"), ("triton", "cuda"), ("cuda", "cuda"), ("torch", "cuda")}  # fast at the long lengths
 # The grid, declared once: odd and prime sizes, T = 1; the paper's 2500 on the compiled/torch paths only
 # (the Triton interpreter is slow), int16 with gain/baseline and the float inputs, both outputs, layouts.
 BATCHES = [1, 3, 7]
@@ -134,26 +139,27 @@ def _assert_close_to_reference(out, x, gain, baseline, matrices, starts, mask_le
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
 @pytest.mark.parametrize("in_dtype", IN_DTYPES)
 @pytest.mark.parametrize("batch", BATCHES)
-@pytest.mark.parametrize(("backend", "n"), [(b, n) for b in BACKENDS for n in LENGTHS + [LONG_LENGTH]
-                                            if n != LONG_LENGTH or b == "cpp"])
-def test_backend_equals_reference(backend, batch, n, in_dtype, out_dtype, layout):
-    # T = 2500 on the compiled CPU path only: the Triton interpreter is slow there (the GPU test runs Triton at 5000)
-    # and the torch backend is the reference chain itself, already compared with the oracle at the small sizes
+@pytest.mark.parametrize(("backend", "device", "n"), cross(CASES, [(n,) for n in LENGTHS + [LONG_LENGTH]],
+                                                           lambda b, d, n: n != LONG_LENGTH or (b, d) in COMPILED))
+def test_backend_equals_reference(backend, device, batch, n, in_dtype, out_dtype, layout):
+    # T = 2500 on the compiled paths only: the Triton interpreter is slow there (the GPU test runs Triton at 5000)
+    # and the torch backend on the CPU is the reference chain itself, already compared with the oracle at small sizes
     x, gain, baseline, matrices, starts = _inputs(batch, n, in_dtype, layout, seed=batch * 1000 + n)
     mask_length = min(round(0.5 * n), n - 1)
     # one view and two: both on the fast paths; in the (slow) Triton interpreter one view only for B = 1
-    for n_views in (1, 2) if backend != "triton" or batch == 1 else (2,):
-        out = vcg_augment(x, gain, baseline, matrices=matrices[:n_views], mask_starts=starts[:n_views],
+    for n_views in (1, 2) if (backend, device) != ("triton", "cpu") or batch == 1 else (2,):
+        out = vcg_augment(x.to(device), gain, baseline, matrices=matrices[:n_views], mask_starts=starts[:n_views],
                           mask_length=mask_length, out_dtype=out_dtype, backend=backend)
-        _assert_close_to_reference(out, x, gain, baseline, matrices[:n_views], starts[:n_views], mask_length)
+        assert out.device.type == device
+        _assert_close_to_reference(out.cpu(), x, gain, baseline, matrices[:n_views], starts[:n_views], mask_length)
 
 
 @pytest.mark.parametrize("mode", WINDOW_MODES)
-@pytest.mark.parametrize(("backend", "n", "length", "in_dtype", "out_dtype"), [
-    (b, n, length, i, o) for b in BACKENDS for n, length in WINDOW_SIZES for i, o in WINDOW_DTYPES
-    if (n < LONG_WINDOW or b == "cpp") and (b != "triton" or (i, o) in WINDOW_DTYPES[:2])],
-    ids=lambda p: str(p).replace("torch.", ""))
-def test_view_windows_equal_reference(backend, n, length, in_dtype, out_dtype, mode):
+@pytest.mark.parametrize(("backend", "device", "n", "length", "in_dtype", "out_dtype"), cross(
+    CASES, [(n, length, i, o) for n, length in WINDOW_SIZES for i, o in WINDOW_DTYPES],
+    lambda b, d, n, length, i, o: (n < LONG_WINDOW or (b, d) in COMPILED)
+    and ((b, d) != ("triton", "cpu") or (i, o) in WINDOW_DTYPES[:2])))
+def test_view_windows_equal_reference(backend, device, n, length, in_dtype, out_dtype, mode):
     """View v of ECG b is x[b, :, w : w + L] transformed and masked, with w from ``windows`` (None: 0; (B,): one
     start for both views, read once; (2, B): a start per view), the mask starts taken mod L. Long records on the
     compiled CPU path only; in the Triton interpreter two of the dtype pairs (the main grid has all of them)."""
@@ -163,37 +169,39 @@ def test_view_windows_equal_reference(backend, n, length, in_dtype, out_dtype, m
     x, gain, baseline, matrices, starts = _inputs(batch, n, in_dtype, layout, seed=seed, length=length)
     windows = _windows(mode, batch, n, length, seed)
     mask_length = min(round(0.5 * length), length - 1)
-    for n_views in (1, 2) if backend != "triton" or mode == "per_view" else (2,):
+    for n_views in (1, 2) if (backend, device) != ("triton", "cpu") or mode == "per_view" else (2,):
         win = windows if windows is None or windows.ndim == 1 else windows[:n_views]
-        out = vcg_augment(x, gain, baseline, matrices=matrices[:n_views], mask_starts=starts[:n_views],
+        out = vcg_augment(x.to(device), gain, baseline, matrices=matrices[:n_views], mask_starts=starts[:n_views],
                           mask_length=mask_length, windows=win, length=length, out_dtype=out_dtype, backend=backend)
-        assert out.shape == (n_views, batch, 8, length)
-        _assert_close_to_reference(out, x, gain, baseline, matrices[:n_views], starts[:n_views], mask_length, win,
-                                   length)
+        assert out.shape == (n_views, batch, 8, length) and out.device.type == device
+        _assert_close_to_reference(out.cpu(), x, gain, baseline, matrices[:n_views], starts[:n_views], mask_length,
+                                   win, length)
 
 
-@pytest.mark.skipif("triton" not in BACKENDS, reason="triton is not installed (the [triton] extra)")
 @pytest.mark.parametrize(("n", "length", "mode"), [(2500, 2500, "none"), (5000, 2500, "per_view"),
                                                    (2503, 1249, "shared")])
-def test_triton_at_the_training_lengths(n, length, mode):
-    """The Triton kernel in the interpreter at the lengths training uses (5 s views of a 10 s record at 500 Hz,
-    an odd prime-ish record), where its T loop runs many blocks: int16 in, bf16 out, two views, one ECG of each
-    layout (the interpreter's cost grows with B x T)."""
+@pytest.mark.parametrize(("backend", "device"), backend_cases(OP, only=("triton",)))
+def test_triton_at_the_training_lengths(backend, device, n, length, mode):
+    """The Triton kernel (the interpreter on the CPU, compiled on CUDA) at the lengths training uses (5 s views of a
+    10 s record at 500 Hz, an odd prime-ish record), where its T loop runs many blocks: int16 in, bf16 out, two
+    views, one ECG of each layout (the interpreter's cost grows with B x T)."""
     for batch_seed, layout in enumerate(LAYOUTS):
         x, gain, baseline, matrices, starts = _inputs(1, n, torch.int16, layout, seed=n + batch_seed, length=length)
         windows = _windows(mode, 1, n, length, n + batch_seed)
         mask_length = min(round(0.5 * length), length - 1)
-        out = vcg_augment(x, gain, baseline, matrices=matrices, mask_starts=starts, mask_length=mask_length,
-                          windows=windows, length=length, out_dtype=torch.bfloat16, backend="triton")
+        out = vcg_augment(x.to(device), gain, baseline, matrices=matrices, mask_starts=starts,
+                          mask_length=mask_length, windows=windows, length=length, out_dtype=torch.bfloat16,
+                          backend=backend)
         assert out.shape == (2, 1, 8, length)
-        _assert_close_to_reference(out, x, gain, baseline, matrices, starts, mask_length, windows, length)
+        _assert_close_to_reference(out.cpu(), x, gain, baseline, matrices, starts, mask_length, windows, length)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_windowed_views_are_the_views_of_the_cropped_records(backend):
+@pytest.mark.parametrize(("backend", "device"), CASES)
+def test_windowed_views_are_the_views_of_the_cropped_records(backend, device):
     """Cropping commutes with the op: view v of x at window w equals the one-view op on x[..., w : w + L]."""
     batch, n, length = 3, 61, 23
     x, gain, baseline, matrices, _ = _inputs(batch, n, torch.int16, "contiguous", seed=9)
+    x = x.to(device)
     windows = torch.tensor([[0, 17, n - length], [n - length, 5, 0]])
     out = vcg_augment(x, gain, baseline, matrices=matrices, windows=windows, length=length, backend=backend)
     for v in range(2):
@@ -207,22 +215,24 @@ def test_windowed_views_are_the_views_of_the_cropped_records(backend):
     assert torch.equal(shared, repeated)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kors_residual_and_full_mask_edges(backend):
+@pytest.mark.parametrize(("backend", "device"), CASES)
+def test_kors_residual_and_full_mask_edges(backend, device):
     x, gain, baseline, _, starts = _inputs(3, 13, torch.int16, "contiguous", seed=5)
+    xd = x.to(device)
     for transform, residual in (("kors", False), ("kors", True), ("dower", True)):
-        out, p = vcg_augment(x, gain, baseline, seed=1, transform=transform, residual=residual, backend=backend,
+        out, p = vcg_augment(xd, gain, baseline, seed=1, transform=transform, residual=residual, backend=backend,
                              return_params=True)
-        _assert_close_to_reference(out, x, gain, baseline, p.matrices, p.mask_starts, p.mask_length)
+        _assert_close_to_reference(out.cpu(), x, gain, baseline, p.matrices.cpu(), p.mask_starts.cpu(),
+                                   p.mask_length)
     m = torch.eye(8).expand(1, 3, 8, 8)
     for length in (0, 13):  # nothing masked; everything masked
-        out = vcg_augment(x, gain, baseline, matrices=m, mask_starts=starts[:1], mask_length=length, backend=backend)
-        _assert_close_to_reference(out, x, gain, baseline, m, starts[:1], length)
-    no_mask = vcg_augment(x, gain, baseline, matrices=m, backend=backend)  # explicit matrices, no starts: no mask
-    _assert_close_to_reference(no_mask, x, gain, baseline, m, starts[:1], 0)
+        out = vcg_augment(xd, gain, baseline, matrices=m, mask_starts=starts[:1], mask_length=length, backend=backend)
+        _assert_close_to_reference(out.cpu(), x, gain, baseline, m, starts[:1], length)
+    no_mask = vcg_augment(xd, gain, baseline, matrices=m, backend=backend)  # explicit matrices, no starts: no mask
+    _assert_close_to_reference(no_mask.cpu(), x, gain, baseline, m, starts[:1], 0)
     # the whole 7-sample view masked, of a window at the record's end
     win = torch.full((3,), 6)
-    full = vcg_augment(x, gain, baseline, matrices=m, mask_starts=starts[:1], mask_length=7, windows=win, length=7,
+    full = vcg_augment(xd, gain, baseline, matrices=m, mask_starts=starts[:1], mask_length=7, windows=win, length=7,
                        backend=backend)
     assert full.shape == (1, 3, 8, 7) and (full == 0).all()
 
@@ -248,11 +258,13 @@ def test_drawn_parameters_are_the_samplers_over_the_view_length():
     torch.testing.assert_close(one[0], out[0], rtol=0, atol=0)  # one view is the first of two
 
 
-def test_same_seed_same_views_other_seed_or_offset_other_views():
+@pytest.mark.parametrize("device", device_cases())
+def test_same_seed_same_views_other_seed_or_offset_other_views(device):
     x, gain, baseline, _, _ = _inputs(3, 97, torch.int16, "contiguous")
+    x = x.to(device)
     windows = torch.tensor([[0, 10, 20], [40, 50, 60]])
     outs = {}
-    for backend in BACKENDS:
+    for backend in backends.available_backends(OP, device):
         kw = {"noise_std": 0.05, "backend": backend, "windows": windows, "length": 37}
         a = vcg_augment(x, gain, baseline, seed=11, offset=2, **kw)
         assert torch.equal(a, vcg_augment(x, gain, baseline, seed=11, offset=2, **kw))
@@ -262,13 +274,14 @@ def test_same_seed_same_views_other_seed_or_offset_other_views():
         assert not torch.allclose(a[0], a[1])  # the two views differ
         outs[backend] = a
     # identical across backends given the seed: same parameters, same mask, same noise up to float rounding
+    assert len(outs) >= 2, outs.keys()  # a kernel backend besides the reference
     for backend, out in outs.items():
         assert torch.equal(out == 0, outs["torch"] == 0), backend
         torch.testing.assert_close(out, outs["torch"], atol=1e-5, rtol=1e-5, msg=backend)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_noise_is_the_reference_philox_stream_at_each_output_counter(backend):
+@pytest.mark.parametrize(("backend", "device"), CASES)
+def test_noise_is_the_reference_philox_stream_at_each_output_counter(backend, device):
     """noisy - clean = noise_std * philox_randn(noise seed, ((v * B + b) * 8 + l) * L + t) where not masked, and
     exactly 0 where masked; int16 input, a window per view, explicit matrices keyed by (seed, offset)."""
     batch, n, length, std = 3, 53, 29, 0.25
@@ -276,8 +289,8 @@ def test_noise_is_the_reference_philox_stream_at_each_output_counter(backend):
     windows = torch.tensor([[0, 24, 11], [n - length, 3, 0]])
     kw = {"matrices": matrices, "mask_starts": starts, "mask_length": 9, "windows": windows, "length": length,
           "seed": 21, "offset": 4, "backend": backend}
-    noisy = vcg_augment(x, gain, baseline, noise_std=std, **kw)
-    clean = vcg_augment(x, gain, baseline, **kw)
+    noisy = vcg_augment(x.to(device), gain, baseline, noise_std=std, **kw).cpu()
+    clean = vcg_augment(x.to(device), gain, baseline, **kw).cpu()
     counters = torch.arange(2 * batch * 8 * length).view(2, batch, 8, length)
     expected = std * philox_randn(counter_seeds(21, 4)[1], counters)
     masked = clean == 0
@@ -288,7 +301,7 @@ def test_noise_is_the_reference_philox_stream_at_each_output_counter(backend):
                                             counter_seeds(21, 4)[1], windows, length)
     torch.testing.assert_close(noisy, reference, rtol=1e-5, atol=1e-5)
     # bf16 output: the same float32 value rounded once
-    bf16 = vcg_augment(x, gain, baseline, noise_std=std, out_dtype=torch.bfloat16, **kw)
+    bf16 = vcg_augment(x.to(device), gain, baseline, noise_std=std, out_dtype=torch.bfloat16, **kw).cpu()
     assert bf16.dtype == torch.bfloat16
     torch.testing.assert_close(bf16.float(), reference, rtol=2**-8, atol=1e-5)
 
@@ -336,9 +349,9 @@ def test_bad_windows_raise_value_errors_naming_the_problem():
     assert vcg_augment(x, length=4).shape == (2, 2, 8, 4)  # no windows: the first L samples
 
 
-def _guarded(batch: int, n: int, pad: int, dtype: torch.dtype, seed: int):
-    """x (B, 8, T) inside a buffer whose ``pad`` samples on either side are poison (NaN; int16: 32767, i.e.
-    32.8 mV at gain 1000), so that a load outside [0, T) shows in the output."""
+def _guarded(batch: int, n: int, pad: int, dtype: torch.dtype, seed: int, device: str = "cpu"):
+    """x (B, 8, T) on ``device`` inside a buffer whose ``pad`` samples on either side are poison (NaN; int16: 32767,
+    i.e. 32.8 mV at gain 1000), so that a load outside [0, T) shows in the output."""
     g = _gen(seed)
     data = torch.randint(-3000, 3000, (batch, 8, n), generator=g, dtype=torch.int16)
     if dtype == torch.int16:
@@ -348,17 +361,17 @@ def _guarded(batch: int, n: int, pad: int, dtype: torch.dtype, seed: int):
         buf = torch.full((batch, 8, n + 2 * pad), float("nan"), dtype=dtype)
         data, gain, baseline = (data.float() / 1000).to(dtype), None, None
     buf[..., pad:pad + n] = data
-    return buf[..., pad:pad + n], gain, baseline
+    return buf.to(device)[..., pad:pad + n], gain, baseline
 
 
 @pytest.mark.parametrize("dtype", [torch.int16, torch.float32], ids=str)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_kernels_read_zero_outside_the_record(backend, dtype):
+@pytest.mark.parametrize(("backend", "device"), CASES)
+def test_kernels_read_zero_outside_the_record(backend, device, dtype):
     """Called below the functional's window check (torch.ops.ecgfast.vcg_augment for cpp, the custom op for triton and
     torch), windows partly or wholly outside [0, T) read 0 there, as crop_windows does, and never the poison
     around the record."""
     batch, n, length, pad = 3, 13, 7, 16
-    x, gain, baseline = _guarded(batch, n, pad, dtype, seed=17)
+    x, gain, baseline = _guarded(batch, n, pad, dtype, seed=17, device=device)
     angles = torch.rand(2 * batch, 3, generator=_gen(1))
     m = lead_transform_matrices(angles, torch.ones(2 * batch, 3)).view(2, batch, 8, 8)
     starts = torch.zeros(2, batch, 8, dtype=torch.long)
@@ -367,12 +380,14 @@ def test_kernels_read_zero_outside_the_record(backend, dtype):
     g32 = None if gain is None else gain.float()
     b32 = None if baseline is None else baseline.float()
     for windows, is_shared in ((per_view, False), (shared, True)):
-        args = (x, g32, b32, m, starts, windows, is_shared, length, 0, 0.0, 0, torch.float32)
+        args = (x, *(t if t is None else t.to(device) for t in (g32, b32, m, starts, windows)), is_shared, length, 0,
+                0.0, 0, torch.float32)
         if backend == "cpp":
             out = torch.ops.ecgfast.vcg_augment(*args)
         else:
             out = vcg_augment_apply(*args, backend)
-        expected = vcg_augment_views_reference(x, gain, baseline, m, starts, 0, windows=windows, length=length)
+        out = out.cpu()
+        expected = vcg_augment_views_reference(x.cpu(), gain, baseline, m, starts, 0, windows=windows, length=length)
         assert torch.isfinite(out).all(), backend
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
         assert (out[1, 0] == 0).all() if windows is per_view else (out[:, 2] == 0).all()  # wholly outside: zeros
@@ -398,10 +413,10 @@ def test_cpp_schema_checks_its_arguments():
 
 
 # ------------------------------------------------------------------------------------ compile, autograd
-@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if b in BACKENDS])
-def test_torch_compile_fullgraph(backend):
-    x, gain, baseline, matrices, starts = _inputs(3, 97, torch.int16, "contiguous")
-    windows = torch.tensor([[0, 10, 48], [48, 3, 0]])
+@pytest.mark.parametrize(("backend", "device"), [c for c in CASES if c.id != "triton-cpu"])  # not the interpreter
+def test_torch_compile_fullgraph(backend, device):
+    x, gain, baseline, matrices, starts = (t.to(device) for t in _inputs(3, 97, torch.int16, "contiguous"))
+    windows = torch.tensor([[0, 10, 48], [48, 3, 0]], device=device)
 
     def step(q, g, b, m, s, w):
         whole = vcg_augment(q, g, b, matrices=m, mask_starts=s, mask_length=48, out_dtype=torch.bfloat16,
@@ -413,7 +428,10 @@ def test_torch_compile_fullgraph(backend):
     compiled = torch.compile(step, fullgraph=True)
     args = (x, gain, baseline, matrices, starts, windows)
     for got, expected in zip(compiled(*args), step(*args), strict=True):
-        assert torch.equal(got, expected)
+        if device == "cpu":
+            assert torch.equal(got, expected)
+        else:  # Inductor may order a GPU sum's additions differently from eager mode
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
 
 
 def test_views_need_no_grad_and_do_not_break_backward():
@@ -614,8 +632,7 @@ for in_type, out_type, n_views, shared, noise in CASES:
 """
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernel itself")
-def test_triton_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
+def test_triton_kernel_compiles_for_sm90(tmp_path):
     """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90): the training call (int16 -> bf16, two views
     with their own windows, noise), float32 -> float32 one view, bf16 -> float32 two views sharing a window. Catches
     what the interpreter accepts but the GPU compiler rejects, on CPU-only CI. A subprocess, because the interpreter
@@ -631,7 +648,7 @@ def test_triton_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_gpu_backends_equal_cpu_reference():
     batch, n = 7, 5000
     x, gain, baseline, matrices, starts = _inputs(batch, n, torch.int16, "strided", seed=1, length=2500)

@@ -104,18 +104,30 @@ def _triton_setup(z: torch.Tensor, normalize: bool, precision: str) -> tuple[tor
     return x, {"D": d, "D_PAD": d_pad, "BLOCK_D": k.dot_chunk(d_pad), "DOT": dot}
 
 
+def _launch(kernel, configs: list, config, grid, *args, **kwargs) -> None:
+    """Launch an autotuned kernel on ``grid`` (meta -> grid tuple): through its autotuner where the configs pruned
+    ahead of time leave a choice, else the kernel itself with its one config (Triton 3.6's autotuner, the GPU
+    machine's, still benchmarks a single config, for every new key; 3.8's does not). ``config`` forces a config."""
+    chosen = config if config is not None else configs[0] if len(configs) == 1 else None
+    if chosen is None:
+        kernel[grid](*args, **kwargs)
+    else:
+        kernel.fn[lambda meta: grid({**meta, **chosen.kwargs})](*args, **kwargs, **chosen.all_kwargs())
+
+
 def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
                     offset: int, n_rows: int, temperature: float, normalize: bool, precision: str, *,
-                    splits: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    splits: int | None = None, config=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, W, lse), each (n_rows,) fp32, of the queries [offset, offset + n_rows) of z (N, d) against all N
-    rows. ``splits`` overrides the number of key splits (tests); by default it follows the SM count."""
+    rows. ``splits`` overrides the number of key splits (tests); by default it follows the SM count. ``config`` (a
+    ``triton.Config``) launches with those tiles instead of the autotuned ones (tests, bench/gpu_check.py)."""
     import triton
 
     from ecgfast.kernels import contrastive_loss as k
 
     x, const = _triton_setup(z, normalize, precision)
     n = x.shape[0]
-    configs = k.launch_configs("fwd", const["D_PAD"], x.element_size(), n)
+    configs = [config] if config is not None else k.launch_configs("fwd", const["D_PAD"], x.element_size(), n)
     n_splits, per_split = k.key_splits(n_rows, n, configs, _sm_count(x.device))
     if splits is not None:
         per_split = triton.cdiv(n, splits)
@@ -124,10 +136,11 @@ def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float]
     part = torch.empty(3, n_splits, n_rows, dtype=torch.float32, device=x.device) if n_splits > 1 else lse
     # the kernels read ids and view ids by element (pointer + i): strided ones (e.g. ids[::2]) are made contiguous
     views_ptr = views.contiguous() if views is not None else x  # x: a dummy pointer when HAS_VIEWS is False
-    k._mp_contrastive_fwd_kernel[lambda meta: (triton.cdiv(n_rows, meta["BLOCK_M"]), n_splits)](
+    _launch(k._mp_contrastive_fwd_kernel, configs, config, lambda m: (triton.cdiv(n_rows, m["BLOCK_M"]), n_splits),
         x, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, loss, lse, w_sum, part, n, n_rows,
         offset, per_split, k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n),
-        NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, SINGLE=n_splits == 1, **const)
+        triton.next_power_of_2(n_rows), NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, SINGLE=n_splits == 1,
+        **const)
     if n_splits > 1:
         block = 128
         k._mp_contrastive_merge_kernel[(triton.cdiv(n_rows, block),)](part, loss, lse, w_sum, n_rows, n_splits,
@@ -138,15 +151,16 @@ def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float]
 def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float],
                      views: torch.Tensor | None, lse: torch.Tensor, w_sum: torch.Tensor, offset: int, n_rows: int,
                      temperature: float, normalize: bool, precision: str, *,
-                     splits: int | None = None) -> torch.Tensor:
-    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype, one symmetric pass (+ a reduction when the keys are split)."""
+                     splits: int | None = None, config=None) -> torch.Tensor:
+    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype, one symmetric pass (+ a reduction when the keys are split).
+    ``config`` as in :func:`_triton_forward`."""
     import triton
 
     from ecgfast.kernels import contrastive_loss as k
 
     x, const = _triton_setup(z, normalize, precision)
     n, d = x.shape
-    configs = k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
+    configs = [config] if config is not None else k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
     block_dx = k.dx_chunk(const["D_PAD"])
     d_chunks = const["D_PAD"] // block_dx  # a grid axis over column chunks of dx (d > 128)
     n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device), row_block_copies=d_chunks)[0]
@@ -154,11 +168,12 @@ def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, wei
     dz = torch.empty(n, d, dtype=z.dtype, device=z.device)
     part = dz if single else torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device)
     views_ptr = views.contiguous() if views is not None else x
-    k._mp_contrastive_bwd_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), n_splits, d_chunks)](
+    _launch(k._mp_contrastive_bwd_kernel, configs, config, lambda m: (triton.cdiv(n, m["BLOCK_M"]), n_splits, d_chunks),
         x, z, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, lse, w_sum,
         grad.to(torch.float32).contiguous(), dz, part, n, n_rows, offset, z.stride(0), z.stride(1),
-        k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n), NUM_KINDS=ids.shape[0],
-        HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=single, BLOCK_DX=block_dx, **const)
+        k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n), triton.next_power_of_2(n_rows),
+        NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=single, BLOCK_DX=block_dx,
+        **const)
     if not single:
         block = k.rows_per_program(const["D_PAD"])
         k._mp_contrastive_bwd_reduce_kernel[(triton.cdiv(n, block),)](
@@ -422,6 +437,24 @@ def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], vie
     return loss, w_sum
 
 
+def _row_bounds(rows: slice | None, n: int) -> tuple[int, int, int]:
+    """(start, stop, step) of the anchors ``rows`` among n rows, as ``slice.indices(n)`` gives them for a positive
+    step (others are refused by the caller). Written out: torch 2.11's dynamo cannot trace ``slice.indices``, which
+    broke ``torch.compile(fullgraph=True)`` of the loss there."""
+    if rows is None:
+        return 0, n, 1
+    step = 1 if rows.step is None else rows.step
+    if step <= 0:
+        return 0, 0, step
+
+    def clip(bound: int | None, default: int) -> int:
+        if bound is None:
+            return default
+        return min(max(bound + n if bound < 0 else bound, 0), n)
+
+    return clip(rows.start, 0), clip(rows.stop, n), step
+
+
 def _warn_no_positive(where: str = "row") -> None:
     warnings.warn(f"multi-positive contrastive loss: no {where} has a positive (every group is a singleton, every "
                   "weight is 0, or view_ids leave no pair); the loss is 0", RuntimeWarning, stacklevel=3)
@@ -511,7 +544,7 @@ def multi_positive_contrastive_loss(
     check_positives = not torch.compiler.is_compiling() and z.device.type == "cpu"  # no host sync on a GPU
     world = _world_size() if gather else 1
     if world == 1:
-        start, stop, step = (rows or slice(None)).indices(n)
+        start, stop, step = _row_bounds(rows, n)
         if step != 1 or (stop <= start and n > 0):  # an empty batch scores nothing: the reference's loss 0
             raise ValueError(f"rows must be a non-empty slice with step 1 of the {n} rows, got {rows}")
         per_row, w_sum = _scored_rows(z, ids, lam, views, cfg, start, stop, backend, precision)
