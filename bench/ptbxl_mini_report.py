@@ -5,7 +5,9 @@ Copies the run's reports (summary, results, plot, ablation, curve) into OUT and 
 
 - per label fraction, the mean over the tasks of each arm's test AUROC and of the two gains, with a Student-t
   interval over seeds (each seed's mean over its usable tasks first; paired by seed for the gains);
-- the ablation at 10 and 100 % of the labels, and the data-size curve, from the validation-only runs.
+- the ablation at 10 and 100 % of the labels, and the data-size curve, from the validation-only runs;
+- per task, on validation, each variant's frozen probe against random features (paired by seed): the tasks on
+  which pretraining put something into the representation, and those on which it did not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ecgfast.eval.config import ARMS, GAINS
+from ecgfast.eval.recipes import SUPERCLASS_TASKS as TASKS
 from ecgfast.eval.report import seed_interval
 
 
@@ -47,6 +50,32 @@ def fraction_table(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_task_table(run: Path, variants: list[str]) -> str:
+    """Per variant and task, frozen minus random features on validation (mean over seeds, 95 % t-interval, paired
+    by seed) at each label fraction the ablation evaluated; read from each variant's own ``val/results.csv``."""
+    lines = ["| variant | labels | " + " | ".join(t.split(":")[-1] for t in TASKS) + " | tasks above 0 |",
+             "|---" * (len(TASKS) + 3) + "|"]
+    for variant in variants:
+        path = run / "ablation" / variant / "val" / "results.csv"
+        if not path.is_file():
+            continue
+        r = pd.read_csv(path)
+        for fraction, block in r.groupby("fraction", sort=True):
+            wide = block.pivot_table(index=["task", "seed"], columns="arm", values="test_auroc")
+            row, above = [variant, f"{fraction:g} %"], 0
+            for task in TASKS:
+                if task not in wide.index.get_level_values(0) or "frozen" not in wide or "random-features" not in wide:
+                    row.append("-")
+                    continue
+                diff = wide.loc[task, "frozen"] - wide.loc[task, "random-features"]
+                m, lo, hi = seed_interval(diff)
+                above += bool(np.isfinite(lo) and lo > 0)
+                row.append(_fmt(m, lo, hi, signed=True))
+            row.append(f"{above} of {len(TASKS)}")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -68,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(args.run / name, args.out / name)
     if (args.run / "ablation.md").is_file():
         parts += [(args.run / "ablation.md").read_text().replace("# ", "## ", 1), ""]
+        variants = list(dict.fromkeys(pd.read_csv(args.run / "ablation.csv")["variant"]))
+        parts += ["## Per task on validation: frozen minus random features", "",
+                  "Mean over seeds with a 95 % t-interval, paired by seed; \"tasks above 0\": interval above 0.", "",
+                  per_task_table(args.run, variants), ""]
     for name, title in (("curve.csv", "Data-size curve"), ("zcurve.csv", "Z-scored point")):
         if (args.run / name).is_file():
             t = pd.read_csv(args.run / name)
