@@ -13,7 +13,7 @@ import pytest
 
 from ecgfast.data.store import ECGStore
 from ecgfast.eval import recipes
-from ecgfast.eval.ablation import Variant, best_variant, summarize_variant
+from ecgfast.eval.ablation import Variant, ablation_markdown, best_variant, seed_spread, summarize_variant
 from ecgfast.eval.cli import main
 
 
@@ -98,3 +98,26 @@ def test_the_recipe_pretrains_the_chosen_variant():
     assert recipe.final_pretrain()["k_per_patient"] == 1
     assert dataclasses.replace(recipe, chosen=None).final_pretrain() == recipes.RECIPES["ptbxl"].pretrain
     assert Variant("x", "y").pretrain == {}
+
+
+def test_a_replicate_is_never_chosen_and_gives_the_seed_spread():
+    # the recipe's replicate (another pretraining seed) scores best, yet the best change is chosen; the spread
+    # is the largest |recipe - replicate| per fraction
+    table = pd.DataFrame([
+        {"variant": "recipe", "replicate": False, "fraction": 10.0, "val_auroc": 0.80},
+        {"variant": "recipe", "replicate": False, "fraction": 100.0, "val_auroc": 0.86},
+        {"variant": "recipe-seed-43", "replicate": True, "fraction": 10.0, "val_auroc": 0.95},
+        {"variant": "recipe-seed-43", "replicate": True, "fraction": 100.0, "val_auroc": 0.85},
+        {"variant": "k1", "replicate": False, "fraction": 10.0, "val_auroc": 0.81},
+        {"variant": "k1", "replicate": False, "fraction": 100.0, "val_auroc": 0.87},
+    ])
+    assert best_variant(table) == "k1"
+    assert seed_spread(table) == pytest.approx({10.0: 0.15, 100.0: 0.01})
+    assert seed_spread(table.drop(columns="replicate")) == {}
+    text = ablation_markdown(table.assign(change="c", val_lo=np.nan, val_hi=np.nan, gain=0.0, gain_lo=np.nan,
+                                          gain_hi=np.nan, monitor_probe_end=0.8, monitor_probe_start=0.7,
+                                          rankme_end=10.0, steps=5), "t")
+    assert "**k1**" in text and "0.150 at 10 %" in text
+    # the ptbxl recipe carries one replicate, and it is the base recipe with only the seed changed
+    (rep,) = [v for v in recipes.RECIPES["ptbxl"].variants if v.replicate]
+    assert rep.pretrain == {"seed": 43} and recipes.RECIPES["ptbxl"].pretrain["seed"] != 43

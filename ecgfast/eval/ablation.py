@@ -15,6 +15,10 @@ would change):
 - the pretraining monitor's probe AUROC at the end and at step 0 (its own quick probe on validation ECGs), the
   encoder's effective rank, pretraining steps and wall time.
 
+A variant marked ``replicate`` repeats the recipe with another pretraining seed: the difference between it and the
+recipe is what one pretraining run's luck moves the numbers by, the yardstick for every other row. It is never
+chosen.
+
 The data-size curve is the same measure for encoders pretrained on nested shares of the training patients
 (``pretrain_share``), plotted against the number of pretraining ECGs.
 """
@@ -44,6 +48,7 @@ class Variant:
     name: str
     change: str
     pretrain: dict = field(default_factory=dict)  # TrainConfig settings on top of the recipe's (flat names)
+    replicate: bool = False  # the recipe again with another pretraining seed: measures noise, never chosen
 
 
 def pretrain_variant(base: dict, variant: Variant, store: Path, out: Path, device: str | None,
@@ -125,7 +130,8 @@ def run_variants(base: dict, variants: tuple[Variant, ...], store: Path, out: Pa
         run, seconds = pretrain_variant(base, variant, store, out, device, progress)
         results = validate_variant(run, store, out / variant.name / "val", tasks, settings, device, progress,
                                    workers, cache)
-        extra = {"variant": variant.name, "change": variant.change, "pretrain_ecgs": pretraining_ecgs(run),
+        extra = {"variant": variant.name, "change": variant.change, "replicate": variant.replicate,
+                 "pretrain_ecgs": pretraining_ecgs(run),
                  **monitor_summary(run), "pretrain_seconds_this_call": round(seconds, 1)}
         rows += [{**extra, **r} for r in summarize_variant(results)]
         if table is not None:
@@ -134,9 +140,26 @@ def run_variants(base: dict, variants: tuple[Variant, ...], store: Path, out: Pa
 
 
 def best_variant(table: pd.DataFrame) -> str:
-    """The variant with the highest validation AUROC, mean over its fractions (ties: the first listed)."""
-    means = table.groupby("variant", sort=False)["val_auroc"].mean()
+    """The variant with the highest validation AUROC, mean over its fractions (ties: the first listed); replicates
+    (the recipe with another pretraining seed) are not candidates."""
+    candidates = table[~table["replicate"].astype(bool)] if "replicate" in table else table
+    means = candidates.groupby("variant", sort=False)["val_auroc"].mean()
     return str(means.idxmax())
+
+
+def seed_spread(table: pd.DataFrame, base: str = "recipe") -> dict[float, float]:
+    """Per label fraction, the largest absolute difference in validation AUROC between ``base`` and its
+    replicates (other pretraining seeds): how far one pretraining run's luck moves a row. Empty without them."""
+    if "replicate" not in table or base not in set(table["variant"]):
+        return {}
+    reps = table[table["replicate"].astype(bool)]
+    ref = table[table["variant"] == base].set_index("fraction")["val_auroc"]
+    spread: dict[float, float] = {}
+    for _, r in reps.iterrows():
+        if r["fraction"] in ref.index:
+            d = abs(float(r["val_auroc"]) - float(ref[r["fraction"]]))
+            spread[float(r["fraction"])] = max(d, spread.get(float(r["fraction"]), 0.0))
+    return spread
 
 
 def ablation_markdown(table: pd.DataFrame, title: str) -> str:
@@ -152,7 +175,12 @@ def ablation_markdown(table: pd.DataFrame, title: str) -> str:
                      f"{_signed_ci(r)} | {r['monitor_probe_end']:.3f} ({r['monitor_probe_start']:.3f}) | "
                      f"{r['rankme_end']:.1f} | {int(r['steps'])} |")
     best = best_variant(table)
-    lines += ["", f"Best on validation (mean val AUROC over the fractions): **{best}**."]
+    lines += ["", f"Best on validation (mean val AUROC over the fractions; replicates are not candidates): **{best}**."]
+    spread = seed_spread(table)
+    if spread:
+        lines += ["", "Another pretraining seed of the recipe moves the validation AUROC by "
+                  + ", ".join(f"{d:.3f} at {f:g} %" for f, d in sorted(spread.items()))
+                  + ": a difference between rows smaller than that is within one pretraining run's luck."]
     return "\n".join(lines) + "\n"
 
 
@@ -205,4 +233,5 @@ def plot_curve(table: pd.DataFrame, path: Path, title: str, extra: pd.DataFrame 
 
 
 __all__ = ["ABLATION_ARMS", "Variant", "ablation_markdown", "best_variant", "monitor_summary", "plot_curve",
-           "pretrain_variant", "pretraining_ecgs", "run_variants", "summarize_variant", "validate_variant"]
+           "pretrain_variant", "pretraining_ecgs", "run_variants", "seed_spread", "summarize_variant",
+           "validate_variant"]

@@ -65,6 +65,8 @@ PTBXL_BASE = {"model": "tiny", "batch_size": 64, "epochs": 30, "warmup_epochs": 
               "log_every": 23}
 PTBXL_VARIANTS = (
     Variant("recipe", "none: the base recipe"),
+    Variant("recipe-seed-43", "none, pretraining seed 43 instead of 42 (the noise of one pretraining run)",
+            {"seed": 43}, replicate=True),
     Variant("no-vcg", "VCG rotation and scaling off (ZeroMask only)", {"spatial": False}),
     Variant("k1", "patient positives off (K = 1)", {"k_per_patient": 1}),
     Variant("augment-views", "two augmented copies of one crop instead of two adjacent segments", {"views": "augment"}),
