@@ -84,11 +84,12 @@ RECIPES = {
         tasks=SUPERCLASS_TASKS,
         evaluate={"segment": 500, "seeds": 5, "min_steps": 200, "eval_every": 25, "patience": 4, "max_steps": 1000,
                   "batch_size": 32, "model": "tiny", "fractions": (1.0, 5.0, 10.0, 50.0, 100.0)},
-        note="CPU recipe: PTB-XL at 100 Hz, the tiny model pretrained on folds 1-8 with VCG rotation and scaling, "
-             "ZeroMask, intersegment views and patient positives; settings chosen on fold 9 (--ablation); 200 to "
-             "1,000 steps per end-to-end arm",
+        note="CPU recipe: PTB-XL at 100 Hz, the tiny model pretrained on folds 1-8 (settings chosen on fold 9 by "
+             "--ablation), 200 to 1,000 steps per end-to-end arm",
         variants=PTBXL_VARIANTS,
-        chosen=None,
+        # chosen on fold 9 before any test run (bench/results/ptbxl-mini-cpu-2026-12-05/ablation.md): VCG rotation and
+        # scaling off, ZeroMask + intersegment views + patient positives kept
+        chosen="no-vcg",
         curve_shares=(0.25, 0.5, 1.0),
         zscore_args=("--rate", "100", "--fs", "100", "--split-by", "strat_fold", "--bandpass", "0.5", "40",
                      "--normalize", "zscore", "--quiet"),
