@@ -28,6 +28,7 @@ import textwrap
 
 import pytest
 import torch
+from gpucheck.loss_timing import naive_loss  # the usual SupCon code, one copy for the benchmarks and the GPU check
 from gpucheck.timers import device_peaks  # the datasheet peaks, one table for the benchmarks and the GPU check
 
 from ecgfast.ops.backends import available_backends
@@ -40,16 +41,6 @@ CPU_CASES = ((1024, 128), (2048, 256), (4096, 128))  # (N, d)
 GPU_NS = (2048, 8192, 32768, 65536)
 GPU_DS = (128,)
 NAIVE_MAX_N = 32768  # the naive loss at 65,536 rows needs several 16 GiB N x N matrices
-
-
-def naive_loss(z: torch.Tensor, ids: torch.Tensor, tau: float = TAU) -> torch.Tensor:
-    """The usual SupCon code: N x N similarities, self masked out, log-softmax, mean over the positives."""
-    x = torch.nn.functional.normalize(z.float(), dim=1)
-    s = x @ x.T / tau
-    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    log_p = s.masked_fill(eye, float("-inf")).log_softmax(dim=1).masked_fill(eye, 0.0)
-    pos = (ids[:, None] == ids[None, :]) & ~eye
-    return -((log_p * pos).sum(1) / pos.sum(1).clamp(min=1)).mean()
 
 
 def make_case(provider: str, mode: str, n: int, d: int, device: torch.device = DEVICE):
