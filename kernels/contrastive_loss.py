@@ -60,6 +60,10 @@ LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2; the host pass
 LN2 = 0.6931471805599453
 NORM_EPS = 1e-12  # F.normalize's eps: rows are divided by max(|z|, eps)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the Triton interpreter (CPU tests): one small config
+EMULATE_BF16_ROUNDING = tl.constexpr(INTERPRET)  # _round_to: the interpreter truncates where the GPU rounds
+# The fixed shift (_fwd_tile): used when the rows are unit vectors and the logits span at most this many binades
+# (2 log2(e) / tau <= 100, i.e. tau >= 0.029), so that exp2(logit - shift) >= 2^-100 never underflows fp32.
+FIXED_SHIFT_MAX_RANGE = 100.0
 SPLIT_MIN_SM_SHARE = 2  # split the keys only when the row blocks fill at most half of the SMs
 
 
@@ -78,14 +82,36 @@ def _interpreter_config(n_bucket: int) -> triton.Config:
     return triton.Config({"BLOCK_M": block, "BLOCK_N": block})
 
 
+# Tensor-core tiles (bf16, fp16, tf32 products), pruned per D by the register and shared-memory estimate below; d
+# chunks past 128 columns: the 128-row and 64-row tiles fit up to D = 1024 (the AOT test)
+TENSOR_CORE_CONFIGS = {
+    "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
+    "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
+}
+# CUDA-core FMA products (float32 rows, precision "fp32"): Triton's FMA dot keeps whole operand rows of its tile in
+# registers, so only small tiles fit. Measured with ptxas for sm_90 (tests/test_contrastive_loss_op.py compiles each
+# and asserts zero spills): every one below at d <= 128; past 128 (dx in column chunks) only the 16 x 16 backward.
+FMA_CONFIGS = {
+    "fwd": [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+    "bwd": [(16, 64, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+}
+FMA_BWD_CHUNKED_MAX_TILE = 16 * 16  # BLOCK_M x BLOCK_N of the FMA backward past d = 128
+
+
+def _as_config(m: int, n: int, w: int, s: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+
+
+def _tiles(c: triton.Config) -> tuple[int, int, int, int]:
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages
+
+
 def _configs(which: str) -> list[triton.Config]:
+    """Every config the autotuner of kernel ``which`` holds (the pruner picks the tensor-core or the FMA ones)."""
     if INTERPRET:  # one per N bucket, chosen by the pruner: the interpreter never benchmarks
         return [_interpreter_config(1), _interpreter_config(INTERPRET_BIG_BUCKET)]
-    table = {  # d chunks past 128 columns: the 128-row and 64-row tiles fit up to D = 1024 (the AOT test)
-        "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
-        "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
-    }[which]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in table]
+    tiles = TENSOR_CORE_CONFIGS[which] + [t for t in FMA_CONFIGS[which] if t not in TENSOR_CORE_CONFIGS[which]]
+    return [_as_config(*t) for t in tiles]
 
 
 # estimated 32-bit registers a thread for the live tiles (tile_registers), past which ptxas (sm_90, 255 at most)
@@ -139,15 +165,23 @@ def tile_fits(which: str, block_m: int, block_n: int, num_warps: int, num_stages
 TUNE_MIN_N_BUCKET = 1024
 # The autotune keys: every argument besides the tiles that changes the compiled kernel or its work. Triton adds the
 # dtypes of the tensor arguments (rows, z) itself. N_BUCKET and ROWS_BUCKET are powers of 2 >= N and the query rows.
-FWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "SINGLE", "DOT"]
-BWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "NORMALIZE", "SINGLE", "DOT"]
+FWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "FIXED_SHIFT", "SINGLE", "DOT"]
+BWD_KEY = ["N_BUCKET", "ROWS_BUCKET", "D", "NUM_KINDS", "HAS_VIEWS", "FIXED_SHIFT", "NORMALIZE", "SINGLE", "DOT"]
 
 
-def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int,
-             n_bucket: int) -> list[triton.Config]:
-    fit = [c for c in configs if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
-                                           c.num_stages, d_pad, elem_bytes)]
-    fit = fit or configs[-1:]  # the smallest tiles, whatever the estimate says
+def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: int, n_bucket: int,
+             fma: bool = False) -> list[triton.Config]:
+    if fma:  # the measured FMA tiles
+        small = FMA_BWD_CHUNKED_MAX_TILE if which == "bwd" and d_pad > WHOLE_D_MAX else None
+        fit = [c for c in configs if _tiles(c) in FMA_CONFIGS[which]
+               and (small is None or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= small)]
+    else:
+        tensor_core = [c for c in configs if _tiles(c) in TENSOR_CORE_CONFIGS[which]]
+        fit = [c for c in tensor_core if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
+                                                   c.num_stages, d_pad, elem_bytes)]
+        if elem_bytes == 4 and which == "bwd":  # tf32: the mma.sync tiles (< 64 rows) spilled where wgmma ones fit
+            fit = [c for c in fit if c.kwargs["BLOCK_M"] >= 64] or fit
+        fit = fit or tensor_core[-1:]  # the smallest tiles, whatever the estimate says
     if n_bucket < TUNE_MIN_N_BUCKET:
         return [min(fit, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
     return fit
@@ -158,17 +192,25 @@ def _pruner(which: str):
     def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
         if INTERPRET:
             return [_interpreter_config(named_args["N_BUCKET"])]
-        return _fitting(configs, which, kwargs["D_PAD"], named_args["X"].element_size(), named_args["N_BUCKET"])
+        elem = named_args["X"].element_size()
+        return _fitting(configs, which, kwargs["D_PAD"], elem, named_args["N_BUCKET"],
+                        fma=uses_fma(kwargs["DOT"], elem))
     return prune
 
 
-def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int) -> list[triton.Config]:
+def uses_fma(dot: str, elem_bytes: int) -> bool:
+    """Whether the products run on CUDA cores (FMA): float32 rows without tf32."""
+    return dot == "ieee" and elem_bytes == 4
+
+
+def launch_configs(which: str, d_pad: int, elem_bytes: int, n: int, fma: bool = False) -> list[triton.Config]:
     """The configs kernel ``which`` ("fwd" / "bwd") chooses from for N keys, this D and row dtype, pruned ahead of
-    time: the tiles that fit (:func:`tile_fits`), one config below :data:`TUNE_MIN_N_BUCKET`, one per N bucket in
-    the interpreter. The launcher calls the kernel with the config directly when one is left."""
+    time: the tensor-core tiles that fit (:func:`tile_fits`), or with ``fma`` (:func:`uses_fma`) the measured FMA
+    tiles; one config below :data:`TUNE_MIN_N_BUCKET`, one per N bucket in the interpreter. The launcher calls the
+    kernel with the config directly when one is left."""
     if INTERPRET:
         return [_interpreter_config(triton.next_power_of_2(n))]
-    return _fitting(_configs(which), which, d_pad, elem_bytes, triton.next_power_of_2(n))
+    return _fitting(_configs(which), which, d_pad, elem_bytes, triton.next_power_of_2(n), fma=fma)
 
 
 def key_splits(rows: int, keys: int, configs: list[triton.Config], sm_count: int,
@@ -205,10 +247,11 @@ def _mma(a, b, acc, DOT: tl.constexpr):
 
 @triton.jit
 def _round_to(x, dtype: tl.constexpr):
-    """fp32 x rounded to nearest (ties to even) in ``dtype``. bf16 goes through integer arithmetic on the bits: the
-    Triton interpreter truncates fp32 -> bf16 where the GPU rounds to nearest, and the CPU tests must test the GPU's
-    rounding (a truncated row is biased toward 0, and its loss moved 5x more at N = 65, d = 128). NaN stays NaN."""
-    if dtype == tl.bfloat16:
+    """fp32 x rounded to nearest (ties to even) in ``dtype``. On a GPU the conversion itself rounds to nearest
+    (cvt.rn). The Triton interpreter truncates fp32 -> bf16, and the CPU tests must test the GPU's rounding (a
+    truncated row is biased toward 0, and its loss moved 5x more at N = 65, d = 128): there, and only there, bf16
+    goes through integer arithmetic on the bits (5 ALU operations an element). NaN stays NaN."""
+    if EMULATE_BF16_ROUNDING and dtype == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
         x = tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
@@ -236,7 +279,7 @@ def _similarity(X, x_q, q, q_ok, cols, cols_ok, D: tl.constexpr, D_PAD: tl.const
     D_PAD == BLOCK_D (d <= 128): one product of the whole-d query tile x_q (loaded once by the caller) and the key
     tile; the caller's key loop is then the innermost loop, which Triton pipelines. Else the dot accumulates over d
     chunks of BLOCK_D columns in a run-time loop (the innermost loop, pipelined over its chunks), query and key
-    chunks loaded per chunk (the query chunk from L1 / L2): a whole-d query tile and key tiles pipelined over
+    chunks loaded per chunk: a whole-d query tile and key tiles pipelined over
     num_stages would not fit in registers and shared memory at d = 512 or 1024. x_q is unused then."""
     if D_PAD == BLOCK_D:
         dots = _mma(x_q, tl.trans(_load_rows(X, cols, cols_ok, 0, D, D_PAD)), None, DOT)
@@ -261,25 +304,83 @@ def _query_tile(X, q, q_ok, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_D: tl.co
 
 
 @triton.jit
-def _allowed(VIEWS, rows, rows_ok, cols, cols_ok, HAS_VIEWS: tl.constexpr):
-    """(len rows, len cols) bool: key ``cols`` may appear in the denominator of ``rows`` (global indices)."""
-    allowed = rows_ok[:, None] & cols_ok[None, :] & (rows[:, None] != cols[None, :])
-    if HAS_VIEWS:
-        v_row = tl.load(VIEWS + rows, mask=rows_ok, other=0)
-        v_col = tl.load(VIEWS + cols, mask=cols_ok, other=0)
-        allowed = allowed & (v_row[:, None] != v_col[None, :])
+def _column_values(PTR, cols, cols_ok, other, MASKED: tl.constexpr):
+    """PTR[cols] (BLOCK_N,): masked (``other`` past the end) only in MASKED tiles, since every column of the other
+    tiles exists: a bounds check an element fewer in the key loop."""
+    if MASKED:
+        values = tl.load(PTR + cols, mask=cols_ok, other=other)
+    else:
+        values = tl.load(PTR + cols)
+    return values
+
+
+@triton.jit
+def _allowed(v_rows, VIEWS, rows, cols, cols_ok, HAS_VIEWS: tl.constexpr, MASKED: tl.constexpr):
+    """(len rows, len cols) bool: key ``cols`` may appear in the denominator of ``rows`` (global indices). Called
+    only where some pair of the tile may be excluded: MASKED tiles (those that meet the diagonal or the end of the
+    keys) exclude a row's own key and keys past the end (no other tile holds either); with view ids, keys of the
+    row's own view (v_rows: the rows' view ids)."""
+    if MASKED:
+        allowed = cols_ok[None, :] & (rows[:, None] != cols[None, :])
+        if HAS_VIEWS:
+            allowed = allowed & (v_rows[:, None] != tl.load(VIEWS + cols, mask=cols_ok, other=0)[None, :])
+    else:
+        allowed = v_rows[:, None] != tl.load(VIEWS + cols)[None, :]
     return allowed
 
 
 @triton.jit
-def _positive_weights(IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, NUM_KINDS: tl.constexpr):
-    """(len rows, len cols) fp32 w = sum_k lambda_k [id_k[row] == id_k[col]] (not yet masked by ``allowed``)."""
-    w = tl.zeros([rows.shape[0], cols.shape[0]], dtype=tl.float32)
+def _tile_bounds(lo, hi, diag_lo, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The key tiles [lo + k BLOCK_N, + BLOCK_N) of the range [lo, hi) in four runs: [lo, band_lo) unmasked,
+    [band_lo, band_hi) masked (the tiles that meet the block's own rows [diag_lo, diag_lo + BLOCK_M), where the
+    diagonal is), [band_hi, full_hi) unmasked, [full_hi, hi) masked (the last, partial tile). Returns (band_lo,
+    band_hi, full_hi)."""
+    full_hi = lo + (tl.maximum(hi - lo, 0) // BLOCK_N) * BLOCK_N
+    band_lo = tl.minimum(lo + (tl.maximum(diag_lo - lo, 0) // BLOCK_N) * BLOCK_N, full_hi)
+    band_hi = lo + tl.cdiv(tl.maximum(diag_lo + BLOCK_M - lo, 0), BLOCK_N) * BLOCK_N
+    band_hi = tl.minimum(tl.maximum(band_hi, band_lo), full_hi)
+    return band_lo, band_hi, full_hi
+
+
+@triton.jit
+def _fwd_tile(X, IDS, WEIGHTS, VIEWS, N, x_q, v_q, q, q_ok, start, hi, m_i, l_i, pos_i, w_i, scale_log2,
+              D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_D: tl.constexpr, NUM_KINDS: tl.constexpr,
+              HAS_VIEWS: tl.constexpr, FIXED_SHIFT: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr,
+              BLOCK_N: tl.constexpr):
+    """One key tile of the forward: (m_i, l_i) updated with the tile's exp2(logit - shift) sums, pos_i and w_i with
+    its sum_a w_ia x_q . x_a and sum_a w_ia.
+
+    FIXED_SHIFT: the rows are unit vectors, so every logit is at most scale_log2 (log2(e) / tau): a fixed shift by
+    it (one FFMA an element, no running max, no rescaling) keeps every term <= 1, and (the host checks
+    2 scale_log2 <= FIXED_SHIFT_MAX_RANGE) >= 2^-100, far from fp32's underflow; m_i stays 0. Else the online max.
+    The positive term takes one 32-bit compare, one select and one add an element and kind (ids are int32 dense
+    labels), and one FFMA for pos_i."""
+    cols = start + tl.arange(0, BLOCK_N)
+    cols_ok = cols < hi
+    dots = _similarity(X, x_q, q, q_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)  # (BLOCK_M, BLOCK_N) fp32
+    w = dots * 0.0  # a 0 tile in the dot's register layout (one copy of the tile; dots are finite)
     for k in tl.static_range(NUM_KINDS):
-        id_row = tl.load(IDS + k * N + rows, mask=rows_ok, other=0)
-        id_col = tl.load(IDS + k * N + cols, mask=cols_ok, other=0)
-        w += tl.where(id_row[:, None] == id_col[None, :], tl.load(WEIGHTS + k), 0.0)
-    return w
+        id_row = tl.load(IDS + k * N + q, mask=q_ok, other=-1)
+        id_col = _column_values(IDS + k * N, cols, cols_ok, -2, MASKED)
+        w = tl.where(id_row[:, None] == id_col[None, :], w + tl.load(WEIGHTS + k), w)
+    if FIXED_SHIFT:
+        logits = dots * scale_log2 - scale_log2  # base-2 logit minus the largest possible one
+    else:
+        logits = dots * scale_log2
+    if MASKED or HAS_VIEWS:
+        allowed = _allowed(v_q, VIEWS, q, cols, cols_ok, HAS_VIEWS, MASKED)
+        logits = tl.where(allowed, logits, float("-inf"))
+        w = tl.where(allowed, w, 0.0)
+    pos_i += tl.sum(w * dots, axis=1)
+    w_i += tl.sum(w, axis=1)
+    if FIXED_SHIFT:
+        l_i += tl.sum(tl.exp2(logits), axis=1)
+    else:
+        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing allowed yet: shift by 0, not -inf
+        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(logits - m_safe[:, None]), axis=1)
+        m_i = m_new
+    return m_i, l_i, pos_i, w_i
 
 
 @triton.jit
@@ -290,16 +391,56 @@ def _row_loss(lse, pos, w_sum):
 
 
 @triton.jit
-def _query_terms(LSE, WSUM, G, rows, ok, offset, n_rows):
-    """For rows (global): (g, lse in base 2, g / W) as query rows; (0, +inf, 0) for a row that is no query or has
-    no positive (its loss is 0 whatever x is), so that every P term of it is exactly 0."""
-    local = rows - offset
-    is_q = ok & (local >= 0) & (local < n_rows)
-    w = tl.load(WSUM + local, mask=is_q, other=0.0)
-    has = w > 0
-    g = tl.where(has, tl.load(G + local, mask=is_q, other=0.0), 0.0)
-    lse2 = tl.where(has, tl.load(LSE + local, mask=is_q, other=0.0) * 1.4426950408889634, float("inf"))
-    return g, lse2, g / tl.where(has, w, 1.0)
+def _minus_positive_part(ds, IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, cc, NUM_KINDS: tl.constexpr,
+                         MASKED: tl.constexpr):
+    """ds - cc w with w_aj = sum_k lambda_k [id_k[a] == id_k[j]] (not masked by ``allowed``), kind by kind (one
+    32-bit compare, one FFMA and one select an element and kind; no w tile held in registers). IDS (K, N) int32
+    dense labels; cc (BLOCK_M, BLOCK_N) = c_a + c_j."""
+    for k in tl.static_range(NUM_KINDS):
+        id_row = tl.load(IDS + k * N + rows, mask=rows_ok, other=-1)
+        id_col = _column_values(IDS + k * N, cols, cols_ok, -2, MASKED)
+        ds = tl.where(id_row[:, None] == id_col[None, :], ds - tl.load(WEIGHTS + k) * cc, ds)
+    return ds
+
+
+@triton.jit
+def _bwd_tile(X, VIEWS, IDS, WEIGHTS, TERMS, N, x_a, v_a, t_a, lse_a, c_a, rows, rows_ok, start, hi, col0,
+              acc, scale_log2, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DX: tl.constexpr, NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, FIXED_SHIFT: tl.constexpr,
+              MASKED: tl.constexpr, DOT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One key tile j of the backward: acc (BLOCK_M, BLOCK_DX) += ds_aj x_j with
+    ds_aj = g_a P_aj + g_j P_ja - (c_a + c_j) w_aj, c = g / W (the per-row terms of TERMS).
+
+    FIXED_SHIFT: P_aj = exp2(l_aj - M) exp2(M - lse_a) (l the base-2 logit, M = scale_log2 the fixed shift), so
+    the softmax part is exp2(l_aj - M) (u_a + u_j) with the per-row u = g exp2(M - lse): one exponential an
+    element. Else two, from g and lse in base 2. The positive part stays inside ds, before ds is rounded to the row
+    dtype for the second product: near a fit (P_aj close to w_aj / W_a) the two cancel, and rounding g P alone
+    would leave a gradient error of u g P instead of u g |P - w / W| (the same reason FlashAttention subtracts its
+    row term before rounding dS). t_a: the rows' u (FIXED_SHIFT) or g, with lse_a; c_a the rows' c."""
+    cols = start + tl.arange(0, BLOCK_N)
+    cols_ok = cols < hi
+    # (BLOCK_N, BLOCK_DX) the operand of the second product, loaded before the similarity's chunk loop so that its
+    # latency hides behind it (whole d when d <= BLOCK_D, the similarity then reading the same tile)
+    x_k = _load_rows(X, cols, cols_ok, col0, D, BLOCK_DX)
+    if D_PAD == BLOCK_D:
+        dots = _mma(x_a, tl.trans(x_k), None, DOT)
+    else:
+        dots = _similarity(X, x_a, rows, rows_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)
+    n_terms = 2 if FIXED_SHIFT else 3
+    c_k = _column_values(TERMS + (n_terms - 1) * N, cols, cols_ok, 0.0, MASKED)
+    if FIXED_SHIFT:
+        u_k = _column_values(TERMS, cols, cols_ok, 0.0, MASKED)
+        ds = tl.exp2(dots * scale_log2 - scale_log2) * (t_a[:, None] + u_k[None, :])
+    else:
+        g_k = _column_values(TERMS, cols, cols_ok, 0.0, MASKED)
+        lse_k = _column_values(TERMS + N, cols, cols_ok, float("inf"), MASKED)
+        logits = dots * scale_log2
+        ds = t_a[:, None] * tl.exp2(logits - lse_a[:, None]) + g_k[None, :] * tl.exp2(logits - lse_k[None, :])
+    ds = _minus_positive_part(ds, IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, c_a[:, None] + c_k[None, :],
+                              NUM_KINDS, MASKED)
+    if MASKED or HAS_VIEWS:
+        ds = tl.where(_allowed(v_a, VIEWS, rows, cols, cols_ok, HAS_VIEWS, MASKED), ds, 0.0)
+    return _mma(_round_to(ds, x_k.dtype), x_k, acc, DOT)  # ds rounded to the row dtype, as FlashAttention rounds dS
 
 
 @triton.jit
@@ -341,40 +482,46 @@ def _mp_contrastive_normalize_kernel(Z, X, N, stride_z0, stride_z1, D: tl.conste
 def _mp_contrastive_fwd_kernel(X, IDS, WEIGHTS, VIEWS, LOSS, LSE, WSUM, PART, N, n_rows, offset, keys_per_split,
                                scale_log2, inv_tau, N_BUCKET, ROWS_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
                                BLOCK_D: tl.constexpr, NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr,
-                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr,
-                               BLOCK_N: tl.constexpr):
+                               FIXED_SHIFT: tl.constexpr, SINGLE: tl.constexpr, DOT: tl.constexpr,
+                               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Rows r of the queries [offset, offset + n_rows) against keys [split * keys_per_split, + keys_per_split).
 
-    SINGLE (one split): LOSS, LSE, WSUM (n_rows,) fp32. Else PART (3, splits, n_rows): this split's lse, P, W.
-    scale_log2 = log2(e) / tau, inv_tau = 1 / tau; N_BUCKET and ROWS_BUCKET (powers of 2 >= N, >= n_rows) only
-    key the autotuner.
+    IDS (K, N) and VIEWS (N,): int32 dense labels. SINGLE (one split): LOSS, LSE, WSUM (n_rows,) fp32. Else PART
+    (3, splits, n_rows): this split's lse, P, W. scale_log2 = log2(e) / tau, inv_tau = 1 / tau; N_BUCKET and
+    ROWS_BUCKET (powers of 2 >= N, >= n_rows) only key the autotuner. The key loop runs in four stretches
+    (:func:`_tile_bounds`): only the tiles that meet the diagonal, and the last partial one, are masked.
     """
     split = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # local query rows
-    rows_ok = rows < n_rows
+    rows_ok = rows < n_rows  # rows past the queries compute garbage that is never stored: no mask in the loop
     q = rows + offset  # global index of the queries
     x_q = _query_tile(X, q, rows_ok, D, D_PAD, BLOCK_D)  # (BLOCK_M, D_PAD) loaded once, when d <= BLOCK_D
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of the base-2 logits
+    v_q = tl.load(VIEWS + q, mask=rows_ok, other=0) if HAS_VIEWS else q
+    m_i = tl.full([BLOCK_M], 0.0 if FIXED_SHIFT else float("-inf"), dtype=tl.float32)  # running max (base 2)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(logit - m_i)
     pos_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum_a w_ia x_q . x_a
     w_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # sum_a w_ia
     lo = split * keys_per_split
     hi = tl.minimum(lo + keys_per_split, N)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        cols_ok = cols < hi
-        dots = _similarity(X, x_q, q, rows_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)  # (BLOCK_M, BLOCK_N) fp32
-        allowed = _allowed(VIEWS, q, rows_ok, cols, cols_ok, HAS_VIEWS)
-        logits = tl.where(allowed, dots * scale_log2, float("-inf"))
-        # masked through the logits, so that w lives in the dot's register layout (one copy of the tile)
-        w = _positive_weights(IDS, WEIGHTS, N, q, rows_ok, cols, cols_ok, NUM_KINDS)
-        w = tl.where(logits > float("-inf"), w, 0.0)
-        pos_i += tl.sum(w * dots, axis=1)
-        w_i += tl.sum(w, axis=1)
-        m_new = tl.maximum(m_i, tl.max(logits, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing allowed yet: shift by 0, not -inf
-        l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(logits - m_safe[:, None]), axis=1)
-        m_i = m_new
+    band_lo, band_hi, full_hi = _tile_bounds(lo, hi, tl.program_id(0) * BLOCK_M + offset, BLOCK_M, BLOCK_N)
+    for start in range(lo, band_lo, BLOCK_N):
+        m_i, l_i, pos_i, w_i = _fwd_tile(X, IDS, WEIGHTS, VIEWS, N, x_q, v_q, q, rows_ok, start, hi, m_i, l_i, pos_i,
+                                         w_i, scale_log2, D, D_PAD, BLOCK_D, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT,
+                                         False, DOT, BLOCK_N)
+    for start in range(band_lo, band_hi, BLOCK_N):
+        m_i, l_i, pos_i, w_i = _fwd_tile(X, IDS, WEIGHTS, VIEWS, N, x_q, v_q, q, rows_ok, start, hi, m_i, l_i, pos_i,
+                                         w_i, scale_log2, D, D_PAD, BLOCK_D, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT,
+                                         True, DOT, BLOCK_N)
+    for start in range(band_hi, full_hi, BLOCK_N):
+        m_i, l_i, pos_i, w_i = _fwd_tile(X, IDS, WEIGHTS, VIEWS, N, x_q, v_q, q, rows_ok, start, hi, m_i, l_i, pos_i,
+                                         w_i, scale_log2, D, D_PAD, BLOCK_D, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT,
+                                         False, DOT, BLOCK_N)
+    for start in range(full_hi, hi, BLOCK_N):
+        m_i, l_i, pos_i, w_i = _fwd_tile(X, IDS, WEIGHTS, VIEWS, N, x_q, v_q, q, rows_ok, start, hi, m_i, l_i, pos_i,
+                                         w_i, scale_log2, D, D_PAD, BLOCK_D, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT,
+                                         True, DOT, BLOCK_N)
+    if FIXED_SHIFT:
+        m_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32) * scale_log2
     has_key = l_i > 0
     lse = tl.where(has_key, (m_i + tl.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     pos = pos_i * inv_tau  # sum_a w_ia s_ia
@@ -413,14 +560,38 @@ def _mp_contrastive_merge_kernel(PART, LOSS, LSE, WSUM, n_rows, n_splits, BLOCK:
     tl.store(WSUM + rows, w_sum, mask=ok)
 
 
+@triton.jit
+def _mp_contrastive_row_terms_kernel(LSE, WSUM, G, TERMS, N, n_rows, offset, scale_log2, FIXED_SHIFT: tl.constexpr,
+                                     BLOCK: tl.constexpr):
+    """The backward's per-row terms of all N rows, once (not per tile): g, lse in base 2 and c = g / W for a query
+    with a positive; (0, +inf, 0) for any other row (its loss is 0 whatever x is, so every term of it is 0).
+    FIXED_SHIFT: TERMS (2, N) = (u, c) with u = g exp2(M - lse), M = scale_log2; else TERMS (3, N) = (g, lse, c)."""
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = rows < N
+    local = rows - offset
+    is_q = ok & (local >= 0) & (local < n_rows)
+    w = tl.load(WSUM + local, mask=is_q, other=0.0)
+    has = w > 0
+    g = tl.where(has, tl.load(G + local, mask=is_q, other=0.0), 0.0)
+    lse2 = tl.where(has, tl.load(LSE + local, mask=is_q, other=0.0) * 1.4426950408889634, float("inf"))
+    if FIXED_SHIFT:
+        tl.store(TERMS + rows, g * tl.exp2(scale_log2 - lse2), mask=ok)  # exp2(-inf) = 0 where no query
+    else:
+        tl.store(TERMS + rows, g, mask=ok)
+        tl.store(TERMS + N + rows, lse2, mask=ok)
+    tl.store(TERMS + (1 if FIXED_SHIFT else 2) * N + rows, g / tl.where(has, w, 1.0), mask=ok)
+
+
 @triton.autotune(configs=_configs("bwd"), key=BWD_KEY, prune_configs_by={"early_config_prune": _pruner("bwd")})
 @triton.jit
-def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART, N, n_rows, offset, stride_z0,
-                               stride_z1, scale_log2, inv_tau, N_BUCKET, ROWS_BUCKET, D: tl.constexpr,
-                               D_PAD: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DX: tl.constexpr,
-                               NUM_KINDS: tl.constexpr, HAS_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
-                               SINGLE: tl.constexpr, DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dz of rows [pid(0) * BLOCK_M, + BLOCK_M) of all N rows from G = d loss / d loss_rows (n_rows,) fp32.
+def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, TERMS, DZ, PART, N, n_rows, offset, stride_z0, stride_z1,
+                               scale_log2, inv_tau, N_BUCKET, ROWS_BUCKET, D: tl.constexpr, D_PAD: tl.constexpr,
+                               BLOCK_D: tl.constexpr, BLOCK_DX: tl.constexpr, NUM_KINDS: tl.constexpr,
+                               HAS_VIEWS: tl.constexpr,
+                               FIXED_SHIFT: tl.constexpr, NORMALIZE: tl.constexpr, SINGLE: tl.constexpr,
+                               DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dz of rows [pid(0) * BLOCK_M, + BLOCK_M) of all N rows from TERMS (the row terms kernel's), IDS (K, N) int32
+    dense labels with their WEIGHTS (K,), VIEWS (N,) int32 dense labels.
 
     Grid (row blocks, key splits, D_PAD // BLOCK_DX): program (r, s, c) owns columns [c * BLOCK_DX, + BLOCK_DX)
     of dx. SINGLE (one split, one column chunk): DZ (N, D) in z's dtype. Else PART (splits, N, D) fp32 gets this
@@ -441,9 +612,12 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
     col0 = tl.program_id(2) * BLOCK_DX  # first column of dx this program owns
     row0 = tl.program_id(0) * BLOCK_M
     rows = row0 + tl.arange(0, BLOCK_M)
-    rows_ok = rows < N
+    rows_ok = rows < N  # rows past N compute garbage that is never stored: no mask in the loop
     x_a = _query_tile(X, rows, rows_ok, D, D_PAD, BLOCK_D)  # (BLOCK_M, D_PAD) loaded once, when d <= BLOCK_D
-    g_a, lse_a, c_a = _query_terms(LSE, WSUM, G, rows, rows_ok, offset, n_rows)
+    v_a = tl.load(VIEWS + rows, mask=rows_ok, other=0) if HAS_VIEWS else rows
+    t_a = tl.load(TERMS + rows, mask=rows_ok, other=0.0)  # u, or g (FIXED_SHIFT or not)
+    lse_a = t_a if FIXED_SHIFT else tl.load(TERMS + N + rows, mask=rows_ok, other=float("inf"))
+    c_a = tl.load(TERMS + (1 if FIXED_SHIFT else 2) * N + rows, mask=rows_ok, other=0.0)
     # a block without queries only has the second term, which needs query keys j: visit only those
     has_queries = (row0 < offset + n_rows) & (row0 + BLOCK_M > offset)
     lo = tl.where(has_queries, 0, offset)
@@ -451,25 +625,24 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
     chunk = tl.cdiv(tl.cdiv(hi - lo, n_splits), BLOCK_N) * BLOCK_N
     lo = lo + split * chunk
     hi = tl.minimum(lo + chunk, hi)
+    band_lo, band_hi, full_hi = _tile_bounds(lo, hi, row0, BLOCK_M, BLOCK_N)
     acc = tl.zeros([BLOCK_M, BLOCK_DX], dtype=tl.float32)  # sum_j ds_aj x_j, columns [col0, col0 + BLOCK_DX)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        cols_ok = cols < hi
-        # (BLOCK_N, BLOCK_DX) the operand of the second product, loaded before the similarity's chunk loop so that
-        # its latency hides behind it (whole d when d <= BLOCK_D, the similarity then reading the same tile)
-        x_k = _load_rows(X, cols, cols_ok, col0, D, BLOCK_DX)
-        if D_PAD == BLOCK_D:
-            dots = _mma(x_a, tl.trans(x_k), None, DOT)
-        else:
-            dots = _similarity(X, x_a, rows, rows_ok, cols, cols_ok, D, D_PAD, BLOCK_D, DOT)
-        logits = dots * scale_log2  # (BLOCK_M, BLOCK_N) s_aj in base 2
-        allowed = _allowed(VIEWS, rows, rows_ok, cols, cols_ok, HAS_VIEWS)
-        w = _positive_weights(IDS, WEIGHTS, N, rows, rows_ok, cols, cols_ok, NUM_KINDS)
-        g_k, lse_k, c_k = _query_terms(LSE, WSUM, G, cols, cols_ok, offset, n_rows)
-        ds = (g_a[:, None] * tl.exp2(logits - lse_a[:, None]) + g_k[None, :] * tl.exp2(logits - lse_k[None, :])
-              - (c_a[:, None] + c_k[None, :]) * w)
-        ds = tl.where(allowed, ds, 0.0)
-        acc = _mma(_round_to(ds, x_k.dtype), x_k, acc, DOT)  # ds rounded to the row dtype, as FlashAttention rounds P
+    for start in range(lo, band_lo, BLOCK_N):
+        acc = _bwd_tile(X, VIEWS, IDS, WEIGHTS, TERMS, N, x_a, v_a, t_a, lse_a, c_a, rows, rows_ok, start, hi, col0,
+                        acc, scale_log2, D, D_PAD, BLOCK_D, BLOCK_DX, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT, False, DOT,
+                        BLOCK_N)
+    for start in range(band_lo, band_hi, BLOCK_N):
+        acc = _bwd_tile(X, VIEWS, IDS, WEIGHTS, TERMS, N, x_a, v_a, t_a, lse_a, c_a, rows, rows_ok, start, hi, col0,
+                        acc, scale_log2, D, D_PAD, BLOCK_D, BLOCK_DX, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT, True, DOT,
+                        BLOCK_N)
+    for start in range(band_hi, full_hi, BLOCK_N):
+        acc = _bwd_tile(X, VIEWS, IDS, WEIGHTS, TERMS, N, x_a, v_a, t_a, lse_a, c_a, rows, rows_ok, start, hi, col0,
+                        acc, scale_log2, D, D_PAD, BLOCK_D, BLOCK_DX, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT, False, DOT,
+                        BLOCK_N)
+    for start in range(full_hi, hi, BLOCK_N):
+        acc = _bwd_tile(X, VIEWS, IDS, WEIGHTS, TERMS, N, x_a, v_a, t_a, lse_a, c_a, rows, rows_ok, start, hi, col0,
+                        acc, scale_log2, D, D_PAD, BLOCK_D, BLOCK_DX, NUM_KINDS, HAS_VIEWS, FIXED_SHIFT, True, DOT,
+                        BLOCK_N)
     dx = acc * inv_tau
     if SINGLE:
         _store_input_grad(Z, DZ, rows, rows_ok, dx, stride_z0, stride_z1, D, D_PAD, NORMALIZE)
@@ -482,7 +655,7 @@ def _mp_contrastive_bwd_kernel(X, Z, IDS, WEIGHTS, VIEWS, LSE, WSUM, G, DZ, PART
 @triton.jit
 def _mp_contrastive_bwd_reduce_kernel(PART, Z, DZ, N, n_splits, stride_z0, stride_z1, D: tl.constexpr,
                                       D_PAD: tl.constexpr, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr):
-    """dx = sum of the backward's key splits (a fixed order: deterministic), then the normalisation's backward."""
+    """dx = the sum of the backward's key splits (a fixed order: deterministic), then the normalisation's backward."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     ok = rows < N
     offs = tl.arange(0, D_PAD)

@@ -115,6 +115,26 @@ def _launch(kernel, configs: list, config, grid, *args, **kwargs) -> None:
         kernel.fn[lambda meta: grid({**meta, **chosen.kwargs})](*args, **kwargs, **chosen.all_kwargs())
 
 
+def _fixed_shift(normalize: bool, temperature: float) -> bool:
+    """Whether the kernels take the fixed shift (kernels/contrastive_loss.py, ``_fwd_tile``): unit rows (normalised
+    by the op) and logits that span at most FIXED_SHIFT_MAX_RANGE binades. Else the online max."""
+    from ecgfast.kernels import contrastive_loss as k
+
+    return normalize and 2 * k.LOG2E / temperature <= k.FIXED_SHIFT_MAX_RANGE
+
+
+def _int32_labels(ids: torch.Tensor, views: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ids (K, N) and view ids (N,) as int32 labels for the kernels: equal ids, equal labels (the index of the
+    id's first place in its sorted row), so that the key loops compare 32 bits instead of 64. One sort and one
+    search for all kinds together; int32 input is used as it is (the functional labels once per call, for the
+    forward and the backward)."""
+    if ids.dtype == torch.int32 and (views is None or views.dtype == torch.int32):
+        return ids.contiguous(), None if views is None else views.contiguous()
+    meta = ids if views is None else torch.cat([ids, views[None]])
+    labels = torch.searchsorted(torch.sort(meta, dim=1).values, meta, out_int32=True)  # (K [+ 1], N)
+    return labels[:ids.shape[0]], None if views is None else labels[-1]
+
+
 def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
                     offset: int, n_rows: int, temperature: float, normalize: bool, precision: str, *,
                     splits: int | None = None, config=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,20 +147,21 @@ def _triton_forward(z: torch.Tensor, ids: torch.Tensor, weights: Sequence[float]
 
     x, const = _triton_setup(z, normalize, precision)
     n = x.shape[0]
-    configs = [config] if config is not None else k.launch_configs("fwd", const["D_PAD"], x.element_size(), n)
+    configs = [config] if config is not None else k.launch_configs(
+        "fwd", const["D_PAD"], x.element_size(), n, fma=k.uses_fma(const["DOT"], x.element_size()))
     n_splits, per_split = k.key_splits(n_rows, n, configs, _sm_count(x.device))
     if splits is not None:
         per_split = triton.cdiv(n, splits)
         n_splits = triton.cdiv(n, per_split)
     loss, w_sum, lse = (torch.empty(n_rows, dtype=torch.float32, device=x.device) for _ in range(3))
     part = torch.empty(3, n_splits, n_rows, dtype=torch.float32, device=x.device) if n_splits > 1 else lse
-    # the kernels read ids and view ids by element (pointer + i): strided ones (e.g. ids[::2]) are made contiguous
-    views_ptr = views.contiguous() if views is not None else x  # x: a dummy pointer when HAS_VIEWS is False
+    labels, view_labels = _int32_labels(ids, views)
+    views_ptr = view_labels if views is not None else labels  # a dummy pointer when HAS_VIEWS is False
     _launch(k._mp_contrastive_fwd_kernel, configs, config, lambda m: (triton.cdiv(n_rows, m["BLOCK_M"]), n_splits),
-        x, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, loss, lse, w_sum, part, n, n_rows,
-        offset, per_split, k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n),
-        triton.next_power_of_2(n_rows), NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, SINGLE=n_splits == 1,
-        **const)
+        x, labels, _weight_tensor(tuple(weights), x.device), views_ptr, loss, lse, w_sum, part, n, n_rows, offset,
+        per_split, k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n),
+        triton.next_power_of_2(n_rows), NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None,
+        FIXED_SHIFT=_fixed_shift(normalize, temperature), SINGLE=n_splits == 1, **const)
     if n_splits > 1:
         block = 128
         k._mp_contrastive_merge_kernel[(triton.cdiv(n_rows, block),)](part, loss, lse, w_sum, n_rows, n_splits,
@@ -152,28 +173,37 @@ def _triton_backward(grad: torch.Tensor, z: torch.Tensor, ids: torch.Tensor, wei
                      views: torch.Tensor | None, lse: torch.Tensor, w_sum: torch.Tensor, offset: int, n_rows: int,
                      temperature: float, normalize: bool, precision: str, *,
                      splits: int | None = None, config=None) -> torch.Tensor:
-    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype, one symmetric pass (+ a reduction when the keys are split).
-    ``config`` as in :func:`_triton_forward`."""
+    """d(sum_r grad_r loss_r)/dz: (N, d) in z's dtype: the per-row terms (one launch), then one symmetric pass
+    with the normalisation's backward in its epilogue (+ a reduction when the keys are split). The positive term's
+    gradient stays in the pass, inside each ds before its rounding (the kernel's ``_bwd_tile`` says why); ids and
+    view ids reach it as int32 dense labels. ``config`` as in :func:`_triton_forward`."""
     import triton
 
     from ecgfast.kernels import contrastive_loss as k
 
     x, const = _triton_setup(z, normalize, precision)
     n, d = x.shape
-    configs = [config] if config is not None else k.launch_configs("bwd", const["D_PAD"], x.element_size(), n)
+    configs = [config] if config is not None else k.launch_configs(
+        "bwd", const["D_PAD"], x.element_size(), n, fma=k.uses_fma(const["DOT"], x.element_size()))
     block_dx = k.dx_chunk(const["D_PAD"])
     d_chunks = const["D_PAD"] // block_dx  # a grid axis over column chunks of dx (d > 128)
     n_splits = splits or k.key_splits(n, n, configs, _sm_count(x.device), row_block_copies=d_chunks)[0]
     single = n_splits == 1 and d_chunks == 1  # else partial dx in fp32, then the reduction and its epilogue
+    fixed = _fixed_shift(normalize, temperature)
+    terms = torch.empty((2 if fixed else 3) * n, dtype=torch.float32, device=z.device)
+    k._mp_contrastive_row_terms_kernel[(triton.cdiv(n, 1024),)](
+        lse.contiguous(), w_sum.contiguous(), grad.to(torch.float32).contiguous(), terms, n, n_rows, offset,
+        k.LOG2E / temperature,
+        FIXED_SHIFT=fixed, BLOCK=1024)
     dz = torch.empty(n, d, dtype=z.dtype, device=z.device)
     part = dz if single else torch.empty(n_splits, n, d, dtype=torch.float32, device=z.device)
-    views_ptr = views.contiguous() if views is not None else x
+    labels, view_labels = _int32_labels(ids, views)
+    views_ptr = view_labels if views is not None else labels  # a dummy pointer when HAS_VIEWS is False
     _launch(k._mp_contrastive_bwd_kernel, configs, config, lambda m: (triton.cdiv(n, m["BLOCK_M"]), n_splits, d_chunks),
-        x, z, ids.contiguous(), _weight_tensor(tuple(weights), x.device), views_ptr, lse, w_sum,
-        grad.to(torch.float32).contiguous(), dz, part, n, n_rows, offset, z.stride(0), z.stride(1),
-        k.LOG2E / temperature, 1.0 / temperature, triton.next_power_of_2(n), triton.next_power_of_2(n_rows),
-        NUM_KINDS=ids.shape[0], HAS_VIEWS=views is not None, NORMALIZE=normalize, SINGLE=single, BLOCK_DX=block_dx,
-        **const)
+        x, z, labels, _weight_tensor(tuple(weights), x.device), views_ptr, terms, dz, part, n, n_rows, offset,
+        z.stride(0), z.stride(1), k.LOG2E / temperature,
+        1.0 / temperature, triton.next_power_of_2(n), triton.next_power_of_2(n_rows), NUM_KINDS=ids.shape[0],
+        HAS_VIEWS=views is not None, FIXED_SHIFT=fixed, NORMALIZE=normalize, SINGLE=single, BLOCK_DX=block_dx, **const)
     if not single:
         block = k.rows_per_program(const["D_PAD"])
         k._mp_contrastive_bwd_reduce_kernel[(triton.cdiv(n, block),)](
@@ -242,12 +272,39 @@ def _neighbour_sums(v: torch.Tensor, ids: torch.Tensor, lam: Sequence[float],
     return out
 
 
+def _positive_sums(x: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
+                   offset: int, n_rows: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, W) of the queries [offset, offset + n_rows) of the product rows x (N, d): P_i = sum_j w_ij s_ij and
+    W_i = sum_j w_ij, from per-group sums of the rows (O(N d), never N x N; one pass over [x, 1]). Float32 (float64
+    for float64 x); x's own rounded values, so P is the kernels' s_ij summed."""
+    xw = x if x.dtype == torch.float64 else x.to(torch.float32)
+    q = slice(offset, offset + n_rows)
+    sums = _neighbour_sums(torch.cat([xw, torch.ones_like(xw[:, :1])], dim=1), ids, weights, views)  # (N, d + 1)
+    return (xw[q] * sums[q, :-1]).sum(dim=1) / temperature, sums[q, -1].contiguous()
+
+
+def _positive_grad(x: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
+                   grad: torch.Tensor, w_sum: torch.Tensor, offset: int, n_rows: int,
+                   temperature: float) -> torch.Tensor:
+    """d(-sum_i g_i P_i / W_i)/dx (N, d): -(c_a T_a + sum_i c_i w_ia x_i) with c_i = g_i / (tau W_i) (0 without a
+    positive) and T_a = sum_j w_aj x_j, from group sums of [c x, x] in one pass. Float32 (float64 for float64 x)."""
+    xw = x if x.dtype == torch.float64 else x.to(torch.float32)
+    q = slice(offset, offset + n_rows)
+    has = w_sum > 0
+    c = torch.where(has, grad.to(xw.dtype), 0.0) / (temperature * torch.where(has, w_sum, 1.0).to(xw.dtype))
+    y = torch.zeros_like(xw)
+    y[q] = c[:, None] * xw[q]
+    sums = _neighbour_sums(torch.cat([y, xw], dim=1), ids, weights, views)  # (N, 2d)
+    d = xw.shape[1]
+    dx = -sums[:, :d]
+    dx[q] -= c[:, None] * sums[q, d:]
+    return dx
+
+
 def _cpp_forward(z, ids, weights, views, offset, n_rows, temperature, normalize, precision):
     x = _product_rows(z, normalize, precision)
-    q = slice(offset, offset + n_rows)
     lse = torch.ops.ecgfast.mp_contrastive_lse_fwd(x, views, offset, n_rows, temperature)
-    pos = (x[q] * _neighbour_sums(x, ids, weights, views)[q]).sum(dim=1) / temperature  # sum_j w_ij s_ij
-    w_sum = _neighbour_sums(torch.ones_like(x[:, :1]), ids, weights, views)[q, 0]
+    pos, w_sum = _positive_sums(x, ids, weights, views, offset, n_rows, temperature)
     has = w_sum > 0
     return torch.where(has, lse - pos / torch.where(has, w_sum, 1.0), 0.0), w_sum, lse
 
@@ -256,15 +313,10 @@ def _cpp_backward(grad, z, ids, weights, views, lse, w_sum, offset, n_rows, temp
     """dz of sum_i g_i (lse_i - x_i . T_i / (tau W_i)), T_i = sum_j w_ij x_j: the C++ kernels for the lse, and
     d/dx_a of the positive term = -(c_a T_a + sum_i c_i w_ia x_i), c_i = g_i / (tau W_i), from group sums."""
     x = _product_rows(z, normalize, precision)
-    q = slice(offset, offset + n_rows)
     has = w_sum > 0
     g = torch.where(has, grad.to(lse.dtype), 0.0)  # rows without a positive have loss 0 whatever z is
     dx = torch.ops.ecgfast.mp_contrastive_lse_bwd(g.contiguous(), x, views, lse, offset, n_rows, temperature)
-    c = (g / (temperature * torch.where(has, w_sum, 1.0)))[:, None]
-    y = torch.zeros_like(x)
-    y[q] = c * x[q]
-    dx = dx - _neighbour_sums(y, ids, weights, views)
-    dx[q] -= c * _neighbour_sums(x, ids, weights, views)[q]
+    dx = dx + _positive_grad(x, ids, weights, views, g, w_sum, offset, n_rows, temperature)
     return _normalize_backward(z, dx, normalize)
 
 
@@ -432,6 +484,8 @@ def _scored_rows(z: torch.Tensor, ids: torch.Tensor, lam: tuple[float, ...], vie
         chosen = "torch"
     if precision is None:  # the input's own precision: bf16 / fp16 rows for bf16 / fp16 z, no rounding otherwise
         precision = _DEFAULT_PRECISION.get(z.dtype, "fp32")
+    if chosen == "triton":  # int32 labels once, for the forward and the backward kernels
+        ids, views = _int32_labels(ids, views)
     loss, w_sum, _ = contrastive_rows(z, ids, list(lam), views, start, stop - start, float(cfg.temperature),
                                       cfg.normalize, precision, chosen)
     return loss, w_sum
