@@ -4,7 +4,8 @@ one pass over key tiles, the whole gradient in one symmetric pass, never the N x
 Notation (``ecgfast.ops.contrastive_loss`` launches these): ``x`` (N, D) holds the normalised rows in the product
 dtype (bf16 / fp16 / fp32), contiguous; the queries are its rows ``[offset, offset + n_rows)``; ``s_ia = x_i . x_a /
 tau``; ``allowed(i, a) = a != i`` (global index) and, with view ids, ``view[a] != view[i]``; the positive weight of
-an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors, IDS (K, N) int64). Per query::
+an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors, IDS (K, N) as int32 labels:
+equal ids, equal labels; view ids too). Per query::
 
     lse_i = log sum_{a allowed} exp(s_ia),  P_i = sum_a w_ia s_ia,  W_i = sum_a w_ia,
     loss_i = lse_i - P_i / W_i  (0 when W_i = 0)
@@ -16,9 +17,12 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
   innermost loop and Triton pipelines its loads over num_stages), one ``tl.dot`` per tile; past 128 the similarity
   tile accumulates over d chunks of BLOCK_D = 64 columns in an inner loop (pipelined over its chunks; query and
   key chunks loaded per chunk), so that registers and shared memory hold one chunk per stage whatever d, up to
-  1024. fp32 accumulation, tensor cores for 16-bit rows; an online max-shifted log-sum-exp in base 2, and P_i, W_i
-  from the same tile. Disallowed entries are -inf
-  through ``tl.where``; the running max is replaced by 0 while a row has seen nothing allowed (no inf - inf).
+  1024. fp32 accumulation, tensor cores for 16-bit rows and tf32, CUDA-core FMA for float32 rows. The log-sum-exp
+  in base 2 with a fixed shift by the largest possible logit (unit rows: log2(e) / tau) where the logits span at most
+  FIXED_SHIFT_MAX_RANGE binades, else an online max (replaced by 0 while a row has seen nothing allowed: no
+  inf - inf); P_i, W_i from the same tile. The key loop runs in four stretches (``_tile_bounds``): only the tiles
+  that meet the block's diagonal and the last partial tile are masked (bounds and self); view ids are checked on
+  every tile. Disallowed entries are -inf through ``tl.where``.
   With one split it writes loss, lse and W; with several (fewer query blocks than SMs) each split writes its
   partial (lse, P, W) and ``_mp_contrastive_merge_kernel`` merges them (log-sum-exp of the lse, sums of P and W).
 - ``_mp_contrastive_bwd_kernel``: the symmetric backward. ``d loss / d s_ij = g_i (P_ij - w_ij / W_i)`` and s, w
@@ -26,27 +30,30 @@ an allowed pair is ``w_ia = sum_k lambda_k [id_k[i] == id_k[a]]`` (K id vectors,
 
       dx_a = sum_j [g_a (P_aj - w_aj / W_a) + g_j (P_ja - w_ja / W_j)] x_j / tau
 
-  (g, 1/W of a non-query row are 0). One program owns BLOCK_M rows a and loops over key tiles j: one similarity
-  tile, both softmax terms from it (P_ja = exp(s_aj - lse_j)), one ``tl.dot`` into the (BLOCK_M, BLOCK_DX) fp32
-  accumulator. Up to d = 128, BLOCK_DX = D: FLOPs 4 N^2 D (6 N^2 D with the forward; the two-kernel backward it
-  replaces did 8). Past 128 the similarity is chunked over d as in the forward and a third grid axis splits dx
-  into D / 128 column chunks, each recomputing the similarity tile: FLOPs 2 N^2 D (1 + D / 128) (the kernel's
-  docstring says why not a whole-d accumulator). Each program owns its output rows: no atomics, deterministic.
-  The normalisation's backward (``(dx - x (x . dx)) / |z|``) runs in the epilogue, from z, so the kernel writes dz
-  in z's dtype. With fewer row blocks than SMs the keys are split, each split writes its (N, D) fp32 partial (its
-  columns of it when dx is chunked) and ``_mp_contrastive_bwd_reduce_kernel`` sums them in a fixed order
-  (deterministic) before the same epilogue; with dx in column chunks the reduction runs even with one split,
-  since the epilogue needs whole rows. A block without queries (under DDP) only visits the query keys.
+  (g, 1/W of a non-query row are 0). ``_mp_contrastive_row_terms_kernel`` first makes the per-row terms once (with
+  the fixed shift u = g exp2(M - lse), so that g_a P_aj + g_j P_ja = exp2(l_aj - M) (u_a + u_j): one exponential an
+  element; and c = g / W). One program owns BLOCK_M rows a and loops over key tiles j (the same four stretches): one
+  similarity tile, both softmax terms from it, the positive part subtracted before ds is rounded to the row dtype,
+  one ``tl.dot`` into the (BLOCK_M, BLOCK_DX) fp32 accumulator. Up to d = 128, BLOCK_DX = D: FLOPs 4 N^2 D (6 N^2 D
+  with the forward; the two-kernel backward it replaces did 8). Past 128 the similarity is chunked over d as in the
+  forward and a third grid axis splits dx into D / 128 column chunks, each recomputing the similarity tile: FLOPs 2
+  N^2 D (1 + D / 128) (the kernel's docstring says why not a whole-d accumulator). Each program owns its output
+  rows: no atomics, deterministic. The normalisation's backward (``(dx - x (x . dx)) / |z|``) runs in the epilogue,
+  from z, so the kernel writes dz in z's dtype. With fewer row blocks than SMs the keys are split, each split writes
+  its (N, D) fp32 partial (its columns of it when dx is chunked) and ``_mp_contrastive_bwd_reduce_kernel`` sums them
+  in a fixed order (deterministic) before the same epilogue; with dx in column chunks the reduction runs even with
+  one split, since the epilogue needs whole rows. A block without queries (under DDP) only visits the query keys.
 
 Tile sizes come from ``triton.autotune`` over a few configs, pruned ahead of time (:func:`launch_configs`) to those
-whose tiles fit in registers and shared memory for that D, and to one config for small N (below
-:data:`TUNE_MIN_N_BUCKET` keys a launch is latency-bound: no config pays for its compile). The autotune key is every
-argument that changes the compiled kernel or its work besides the tiles (:data:`FWD_KEY`, :data:`BWD_KEY`): N and
-query-row buckets, D, the number of id kinds, whether view ids are given, the split path (one key split or
-partials), the product precision (and the normalisation's backward), with the dtypes of the tensor arguments that
-Triton adds itself; so one variant's choice is never reused for another. Where one config is left the host launcher
-calls the kernel directly, never the autotuner (Triton 3.6's would still benchmark it). Under the Triton interpreter
-(CPU tests) one config per N bucket, never benchmarked.
+whose tiles fit in registers and shared memory for that D (tensor-core tiles by an estimate, FMA tiles by a measured
+list; every config of every dtype compiles for sm_90 without spilling: the AOT test), and to one config for small N
+(below :data:`TUNE_MIN_N_BUCKET` keys a launch is latency-bound: no config pays for its compile). The autotune key
+is every argument that changes the compiled kernel or its work besides the tiles (:data:`FWD_KEY`, :data:`BWD_KEY`):
+N and query-row buckets, D, the number of id kinds, whether view ids are given, the shift (fixed or online), the
+split path (one key split or partials), the product precision (and the normalisation's backward), with the dtypes of
+the tensor arguments that Triton adds itself; so one variant's choice is never reused for another. Where one config
+is left the host launcher calls the kernel directly, never the autotuner (Triton 3.6's would still benchmark it).
+Under the Triton interpreter (CPU tests) one config per N bucket, never benchmarked.
 """
 
 from __future__ import annotations

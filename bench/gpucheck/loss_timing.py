@@ -9,7 +9,10 @@ cost the check reports for warming up; the timing phase after it measures warm k
 ``loss_timing``: per N, forward and forward + backward of the fused loss (Triton on a GPU; the C++ op on a CPU), the
 naive loss (the N x N matrix in plain torch) where it fits in memory, and the previous kernel: median time, TFLOP/s of
 the 2 N^2 d (forward) or 6 N^2 d (forward + backward) matmul floor, the multiple of that floor priced at the bf16 GEMM
-rate measured in the same run (``gemm_n``^3, random data), and peak extra memory of one call.
+rate measured in the same run (``gemm_n``^3, random data), and peak extra memory of one call. Beside the Triton
+loss's forward + backward, the issue-time bound of its key loops on an H100 from their sm_90 SASS
+(``ecgfast.ops.kernel_sass``: instructions per score element x N^2 / (128 x SMs x clock), the fewest-instruction
+config of each kernel, scaled to this GPU's SM count), so that the measured time reads against the estimate.
 """
 
 from __future__ import annotations
@@ -112,6 +115,24 @@ def run_warmup(ctx: Context) -> dict:
     return {"warmup_s": total}
 
 
+def issue_estimator(d: int, device: torch.device):
+    """n -> the Triton loss's forward + backward issue-time bound in ms on ``device`` (the benchmark case: one id
+    kind, no view ids), or None where the SASS cannot be had (no NVIDIA backend, d > 128)."""
+    try:
+        from ecgfast.ops import kernel_sass as ks
+
+        costs = ks.loss_costs("benchmark", d)
+    except Exception as e:  # noqa: BLE001 - an estimate is optional: say why it is missing
+        print(f"loss timing: no issue-time estimate ({type(e).__name__}: {e})", file=sys.stderr)
+        return lambda n: None
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else ks.H100_SMS
+
+    def estimate(n: int) -> float:
+        per_element = sum(min(c.weighted(n) for c in costs[w]) for w in ("fwd", "bwd"))
+        return ks.issue_time_us(per_element, n, sms=sms) / 1e3
+    return estimate
+
+
 def run_timing(ctx: Context) -> dict:
     device, sizes = ctx.device, ctx.sizes
     gemm = gemm_tflops(sizes.gemm_n, device, sizes.reps)
@@ -123,6 +144,7 @@ def run_timing(ctx: Context) -> dict:
     if v1 is not None and (device.type == "cuda" or "triton" in available_backends("contrastive_loss", device)):
         providers["previous kernel"] = lambda x, i: v1(x, i, TAU)
     d = sizes.timing_d
+    estimate = issue_estimator(d, device) if backend == "triton" else (lambda n: None)
     for n in sizes.timing_ns:
         z, ids = make_inputs(n, d, device)
         for name, loss in providers.items():
@@ -138,5 +160,7 @@ def run_timing(ctx: Context) -> dict:
                 sync(device)
                 ctx.record(name, n=n, d=d, mode=mode, ms=seconds * 1e3, tflops=flops / seconds / 1e12,
                            floor_multiple=seconds / (flops / (gemm * 1e12)),
-                           peak_extra_mib=peak_extra_mib(fn, device))
+                           peak_extra_mib=peak_extra_mib(fn, device),
+                           **({"issue_estimate_ms": estimate(n)} if name.startswith("fused") and mode == "full"
+                              else {}))
     return {"gemm_tflops": gemm}

@@ -14,9 +14,10 @@ DDP gather as an option) -> the module :class:`ecgfast.nn.MultiPositiveContrasti
 :class:`ContrastiveLossConfig`. Backends (:mod:`ecgfast.ops.backends`, ``backend=`` or ``$ECGFAST_LOSS_BACKEND``):
 
 - ``triton`` (CUDA, or the interpreter with ``TRITON_INTERPRET=1``): the whole op in 2 to 3 launches forward
-  (normalisation prologue, the loss kernel, a merge when the keys are split) and 2 to 3 backward (prologue, the
-  symmetric gradient kernel with the normalisation's backward in its epilogue, a reduction when split): the
-  positive term (``w_ij`` from the ids, tile by tile) and the bookkeeping are inside the kernels. FLOPs 6 N^2 d
+  (normalisation prologue, the loss kernel, a merge when the keys are split) and 3 to 4 backward (prologue, the
+  per-row terms, the symmetric gradient kernel with the normalisation's backward in its epilogue, a reduction when
+  split): the positive term (``w_ij`` from int32 labels of the ids, made once a call by one sort and one search,
+  tile by tile) and the bookkeeping are inside the kernels. FLOPs 6 N^2 d
   forward + backward; no atomics, deterministic; no host synchronisation.
 - ``cpp`` (CPU, where ``ecgfast._C`` is built): the C++ log-sum-exp kernels (forward, and the two-pass
   backward), the positive term and its gradient from group sums (O(N d), plain torch), the normalisation's
@@ -543,7 +544,8 @@ def multi_positive_contrastive_loss(
       float32 (the loss is float32 whatever ``z``'s dtype, float64 for float64 ``z``).
     - Gradient: accumulated in float32, passed straight through the rounding of the rows, and rounded once to
       ``z``'s dtype (so float32 for float32 ``z`` with bf16 products). On Triton the backward's second product
-      also takes its weights ``P_ij - w_ij / W_i`` rounded to the row precision, as FlashAttention rounds P.
+      also takes its weights ``P_ij - w_ij / W_i`` rounded to the row precision (after the subtraction, as
+      FlashAttention rounds dS).
     - Bounds, with ``u`` the unit roundoff of the rows (2^-8 bf16, 2^-11 fp16 and tf32, 0 without rounding): the
       loss is the loss of the rounded rows up to float32 summation (tested within 1e-5); each ``s_ij`` moves by at
       most ``(2 u + u^2) / tau`` from the exact one, so each ``loss_i`` moves by at most twice that (tested against
