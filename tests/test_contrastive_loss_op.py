@@ -174,6 +174,53 @@ def test_triton_grid_relative_errors_against_float64(backend: str, device: str, 
         assert err <= 2 * err_torch + GRID_RTOL[dtype], (what, err, err_torch)
 
 
+# the fixed shift's threshold: 2 log2(e) / tau <= FIXED_SHIFT_MAX_RANGE (100) from tau = 0.028854
+SHIFT_TAUS = [(0.02, False), (0.0289, True), (0.05, True), (1.0, True)]
+
+
+@pytest.mark.parametrize(("tau", "fixed"), SHIFT_TAUS, ids=str)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize(("backend", "device"), TRITON_DEVICES)
+def test_fixed_shift_and_online_max_agree_with_float64(backend: str, device: str, dtype: torch.dtype, tau: float,
+                                                       fixed: bool) -> None:
+    """Temperatures on both sides of the fixed shift's range (below it the kernels keep the online max), with two
+    id kinds, view ids and split keys: loss and gradient within the grid's rule of the float64 reference."""
+    from ecgfast.kernels import contrastive_loss as kernels
+
+    assert op._fixed_shift(True, tau) == fixed and not op._fixed_shift(False, tau)
+    assert 2 * kernels.LOG2E / tau <= kernels.FIXED_SHIFT_MAX_RANGE or not fixed
+    n, d = 65, 16
+    gen = torch.Generator().manual_seed(int(tau * 1000))
+    z = torch.randn(n, d, generator=gen).to(device, dtype)
+    ecg = torch.randint(0, n // 3, (n,), generator=gen).to(device)
+    kw = {"group_ids": [ecg, ecg // 2], "weights": (1.0, 0.5), "temperature": tau,
+          "view_ids": torch.randint(0, 2, (n,), generator=gen).to(device)}
+    up = (torch.rand(n, generator=gen) + 0.5).to(device)
+    truth, truth_grad = _loss_and_grad(reference, z.double(), up, **kw)
+    low, low_grad = _loss_and_grad(lambda x, **k: reference(x, upcast=dtype == torch.float32, **k), z, up, **kw)
+    got, grad = _loss_and_grad(multi_positive_contrastive_loss, z, up, backend=backend, **kw)
+    for value, own, exact, norm in ((got, low, truth, math.inf), (grad, low_grad, truth_grad, 2)):
+        err = ((value.double() - exact).norm(p=norm) / exact.norm(p=norm)).item()
+        err_torch = ((own.double() - exact).norm(p=norm) / exact.norm(p=norm)).item()
+        assert err <= 2 * err_torch + GRID_RTOL[dtype], (tau, err, err_torch)
+
+
+@pytest.mark.parametrize(("backend", "device"), TRITON_DEVICES)
+def test_fixed_shift_keeps_the_widest_logit_range(backend: str, device: str) -> None:
+    """At the smallest temperature that takes the fixed shift, a row whose only key points the opposite way has
+    every term at exp2(-2 log2(e) / tau) = 2^-100 after the shift: no underflow, so its loss (lse - s with one key)
+    is 0, not inf or NaN, and the gradient is finite."""
+    tau = 0.0289
+    assert op._fixed_shift(True, tau)
+    v = torch.randn(1, 16, generator=torch.Generator().manual_seed(0))
+    z = torch.cat([v, -v]).to(device).requires_grad_()
+    loss = multi_positive_contrastive_loss(z, torch.zeros(2, dtype=torch.long, device=device), tau,
+                                           reduction="none", backend=backend)
+    loss.sum().backward()
+    assert loss.abs().max().item() <= 1e-4, loss
+    assert torch.isfinite(z.grad).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("d", (16, 128, 256))
 @pytest.mark.parametrize(("backend", "device"), TRITON_DEVICES)
