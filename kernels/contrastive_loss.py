@@ -93,14 +93,18 @@ def _interpreter_config(n_bucket: int) -> triton.Config:
 # chunks past 128 columns: the 128-row and 64-row tiles fit up to D = 1024 (the AOT test)
 TENSOR_CORE_CONFIGS = {
     "fwd": [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 32, 4, 2)],
-    "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 2)],
+    "bwd": [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (16, 32, 4, 3)],
 }
+# tf32 backward (float32 rows, precision "tf32"): the estimate is off for 4-byte tiles (it prunes 128 x 64, which
+# fits; tiles it keeps spilled under Triton 3.6, the GPU machine's): the measured tile, zero spills under 3.6 and 3.9
+TF32_BWD_CONFIGS = [(128, 64, 8, 2)]
 # CUDA-core FMA products (float32 rows, precision "fp32"): Triton's FMA dot keeps whole operand rows of its tile in
-# registers, so only small tiles fit. Measured with ptxas for sm_90 (tests/test_contrastive_loss_op.py compiles each
-# and asserts zero spills): every one below at d <= 128; past 128 (dx in column chunks) only the 16 x 16 backward.
+# registers, so only small tiles fit. Measured with ptxas for sm_90 under Triton 3.6 and 3.9 (tests/
+# test_contrastive_loss_op.py compiles each and asserts zero spills): every one below at d <= 128; past 128 (dx in
+# column chunks) only the 16 x 16 backward.
 FMA_CONFIGS = {
     "fwd": [(32, 32, 8, 2), (16, 64, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
-    "bwd": [(16, 64, 4, 2), (16, 32, 4, 2), (32, 16, 4, 2), (16, 16, 4, 2)],
+    "bwd": [(16, 64, 4, 2), (16, 32, 8, 2), (32, 16, 8, 2), (16, 16, 4, 2)],
 }
 FMA_BWD_CHUNKED_MAX_TILE = 16 * 16  # BLOCK_M x BLOCK_N of the FMA backward past d = 128
 
@@ -117,7 +121,10 @@ def _configs(which: str) -> list[triton.Config]:
     """Every config the autotuner of kernel ``which`` holds (the pruner picks the tensor-core or the FMA ones)."""
     if INTERPRET:  # one per N bucket, chosen by the pruner: the interpreter never benchmarks
         return [_interpreter_config(1), _interpreter_config(INTERPRET_BIG_BUCKET)]
-    tiles = TENSOR_CORE_CONFIGS[which] + [t for t in FMA_CONFIGS[which] if t not in TENSOR_CORE_CONFIGS[which]]
+    tiles = list(TENSOR_CORE_CONFIGS[which])
+    for extra in FMA_CONFIGS[which] + (TF32_BWD_CONFIGS if which == "bwd" else []):
+        if extra not in tiles:
+            tiles.append(extra)
     return [_as_config(*t) for t in tiles]
 
 
@@ -186,9 +193,9 @@ def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: i
         tensor_core = [c for c in configs if _tiles(c) in TENSOR_CORE_CONFIGS[which]]
         fit = [c for c in tensor_core if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
                                                    c.num_stages, d_pad, elem_bytes)]
-        if elem_bytes == 4 and which == "bwd":  # tf32: the mma.sync tiles (< 64 rows) spilled where wgmma ones fit
-            fit = [c for c in fit if c.kwargs["BLOCK_M"] >= 64] or fit
         fit = fit or tensor_core[-1:]  # the smallest tiles, whatever the estimate says
+        if elem_bytes == 4 and which == "bwd":  # tf32 backward: the measured tile
+            fit = [c for c in configs if _tiles(c) in TF32_BWD_CONFIGS]
     if n_bucket < TUNE_MIN_N_BUCKET:
         return [min(fit, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
     return fit

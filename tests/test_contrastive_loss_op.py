@@ -823,6 +823,7 @@ _TRITON_AOT = textwrap.dedent("""
     # chunks and the backward's dx in column chunks. Every config the pruner leaves, but the first at d = 1024.
     CASES = [("bf16", "ieee", 128, "all"), ("bf16", "ieee", 256, "all"), ("bf16", "ieee", 1024, "first"),
              ("fp16", "ieee", 128, "all"), ("fp32", "tf32", 128, "all"), ("fp32", "tf32", 256, "all"),
+             ("fp32", "tf32", 1024, "first"),
              ("fp32", "ieee", 128, "all"), ("fp32", "ieee", 256, "all")]
     for dtype, dot, d, which_configs in CASES:
         d_pad = max(16, triton.next_power_of_2(d))
@@ -880,7 +881,7 @@ def test_triton_loss_kernels_compile_for_sm90(tmp_path) -> None:
     """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90) of the loss kernels with the launcher's
     argument types (ecgfast.ops.kernel_sass), 16-byte alignment, constexprs, num_warps and num_stages: every forward
     and backward config the autotuner may pick, for bf16 rows at d = 128 (whole-d tiles) and 256 (d chunks), fp16
-    at 128, tf32 and float32 (CUDA-core FMA) at 128 and 256, and the first bf16 one at d = 1024 (tensor cores: wgmma
+    at 128, tf32 and float32 (CUDA-core FMA) at 128 and 256, and the first bf16 and tf32 ones at d = 1024 (tensor cores: wgmma
     for blocks of >= 64 rows, mma below; zero spilled bytes in every one, from cuobjdump's resource usage; shared
     memory within an H100 block's; a 128 x 64-class tile among the bf16 configs at every d), the online-max path,
     and the row-wise kernels. Catches what the interpreter accepts but the GPU
