@@ -276,8 +276,8 @@ def _neighbour_sums(v: torch.Tensor, ids: torch.Tensor, lam: Sequence[float],
 def _positive_sums(x: torch.Tensor, ids: torch.Tensor, weights: Sequence[float], views: torch.Tensor | None,
                    offset: int, n_rows: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(P, W) of the queries [offset, offset + n_rows) of the product rows x (N, d): P_i = sum_j w_ij s_ij and
-    W_i = sum_j w_ij, from per-group sums of the rows (O(N d), never N x N; one pass over [x, 1]). Float32 (float64
-    for float64 x); x's own rounded values, so P is the kernels' s_ij summed."""
+    W_i = sum_j w_ij, from per-group sums of the rows (O(N d), never N x N; one pass over [x, 1]): the cpp backend's
+    positive term (the Triton kernels keep it in their key loop). Float32 (float64 for float64 x)."""
     xw = x if x.dtype == torch.float64 else x.to(torch.float32)
     q = slice(offset, offset + n_rows)
     sums = _neighbour_sums(torch.cat([xw, torch.ones_like(xw[:, :1])], dim=1), ids, weights, views)  # (N, d + 1)
