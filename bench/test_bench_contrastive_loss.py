@@ -8,7 +8,7 @@ interpreter is never benchmarked); modes "forward" and "full" (forward + backwar
 process, the VmHWM mark reset before it), and prints beside the mean time of one call its FLOPs (the matmul floor
 any implementation pays: forward 2 N^2 d, full 6 N^2 d), its bytes (the compulsory memory traffic: z read, the
 loss written, ids read; for "full" also z read again and dz written: O(N d), what a kernel that never spills the
-N x N matrix to memory moves), the achieved TFLOP/s and GB/s, and, on a GPU in ``gpucheck.timers.PEAKS``, the
+N x N matrix to memory moves), the achieved TFLOP/s and GB/s, and, on a GPU in ``ecgfast.pretrain.mfu.GPU_PEAKS``, the
 percentage of its dense bf16 tensor-core peak and of its memory bandwidth (also in ``extra_info``, so
 bench/run_all.py records them). CPU runs three small cases (N up to 4,096, where the 64 MiB N x N matrix starts to
 show), so that the file takes a minute or two; the 16,384-row memory claim is a test in

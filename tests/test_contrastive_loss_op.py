@@ -881,10 +881,10 @@ def test_triton_loss_kernels_compile_for_sm90(tmp_path) -> None:
     """Ahead-of-time Triton compile to PTX and cubin for an H100 (sm_90) of the loss kernels with the launcher's
     argument types (ecgfast.ops.kernel_sass), 16-byte alignment, constexprs, num_warps and num_stages: every forward
     and backward config the autotuner may pick, for bf16 rows at d = 128 (whole-d tiles) and 256 (d chunks), fp16
-    at 128, tf32 and float32 (CUDA-core FMA) at 128 and 256, and the first bf16 and tf32 ones at d = 1024 (tensor cores: wgmma
-    for blocks of >= 64 rows, mma below; zero spilled bytes in every one, from cuobjdump's resource usage; shared
-    memory within an H100 block's; a 128 x 64-class tile among the bf16 configs at every d), the online-max path,
-    and the row-wise kernels. Catches what the interpreter accepts but the GPU
+    at 128, tf32 and float32 (CUDA-core FMA) at 128 and 256, and the first bf16 and tf32 ones at d = 1024 (tensor
+    cores: wgmma for blocks of >= 64 rows, mma below; zero spilled bytes in every one, from cuobjdump's resource
+    usage; shared memory within an H100 block's; a 128 x 64-class tile among the bf16 configs at every d), the
+    online-max path, and the row-wise kernels. Catches what the interpreter accepts but the GPU
     compiler rejects, on CPU-only CI (and on a GPU host, where the spill check still holds). A subprocess, because
     the interpreter (TRITON_INTERPRET=1) cannot compile; a fresh Triton cache, so every kernel really is compiled."""
     stdout = _compile_for_sm90(_TRITON_AOT, tmp_path)

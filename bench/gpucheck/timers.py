@@ -10,15 +10,14 @@ from collections.abc import Callable
 
 import torch
 
-# dense bf16 tensor-core TFLOP/s and memory GB/s of the GPUs we run on (vendor datasheets; no sparsity), for MFU;
-# the first key contained in torch.cuda.get_device_name() wins
-PEAKS: dict[str, tuple[float, float]] = {"H100 PCIe": (756.0, 2000.0), "H100": (989.0, 3350.0),
-                                         "H200": (989.0, 4800.0), "A100": (312.0, 2039.0)}
+from ecgfast.pretrain.mfu import gpu_peak
 
 
 def device_peaks(name: str) -> tuple[float, float] | None:
-    """(bf16 TFLOP/s, GB/s) of the GPU named ``name``, the first key of PEAKS it contains; None if unknown."""
-    return next((peak for key, peak in PEAKS.items() if key in name), None)
+    """(dense bf16 TFLOP/s, GB/s) of the GPU named ``name`` from ecgfast's datasheet table (the one the training
+    loop's MFU uses, :data:`ecgfast.pretrain.mfu.GPU_PEAKS`); None if unknown."""
+    peak = gpu_peak(name)
+    return None if peak is None else (peak.bf16_tflops, peak.gbps)
 
 
 def sync(device: torch.device) -> None:

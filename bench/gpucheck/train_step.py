@@ -8,8 +8,8 @@ ECG and patient ids, backward, gradient clipping, Adam (fused on a GPU). Per mod
 would choose first; a mode that does not fit is recorded skipped with the prediction.
 
 Per run: first step (compile included) and the median of ``steps`` further steps, ECGs/s, MFU (the encoder's
-forward + backward FLOPs, counted by ``torch.utils.flop_counter`` at 2 ECGs and scaled to the batch, recomputation not
-counted, over the step time, against the datasheet bf16 peak and against the GEMM rate of ``loss_timing``), the
+forward + backward FLOPs, counted by ``torch.utils.flop_counter`` as the training loop's MFU counts them, recomputation
+not counted, over the step time, against the datasheet bf16 peak and against the GEMM rate of ``loss_timing``), the
 measured peak (the CUDA allocator's, weights and Adam included; on a CPU the step's own allocations, eager only)
 against the prediction. Once: the time of the input copy, the views call and the loss (forward + backward) alone,
 and their share of the eager full (else first measured) step.
@@ -18,7 +18,6 @@ and their share of the eager full (else first measured) step.
 from __future__ import annotations
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
 from ecgfast.nn import MultiPositiveContrastiveLoss
@@ -26,6 +25,7 @@ from ecgfast.ops.configs import ContrastiveLossConfig, VCGAugmentConfig
 from ecgfast.pretrain import memory
 from ecgfast.pretrain.gradcache import ChunkedContrastiveStep
 from ecgfast.pretrain.loop import ContrastivePretrainer
+from ecgfast.pretrain.mfu import train_flops_per_view
 from ecgfast.pretrain.views import embedding_loss, make_views
 
 from .record import Context
@@ -42,16 +42,10 @@ def make_batch(batch: int, samples: int, device: torch.device) -> tuple[torch.Te
     return tuple(t.pin_memory() for t in tensors) if device.type == "cuda" else tensors
 
 
-def encoder_flops(model: str, segment: int, precision: str, device: torch.device) -> int:
-    """FLOPs of the encoder's forward + backward for ONE ECG (two views), counted on 2 ECGs in full mode."""
-    torch.manual_seed(0)
-    encoder = DualStreamTemporalNet(temporalnet_config(model)).to(device).train()
-    views = torch.randn(4, 8, segment, device=device)
-    with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            z = encoder.embed(views)
-        z.float().sum().backward()
-    return counter.get_total_flops() // 2
+def encoder_flops(model: str, segment: int) -> int:
+    """FLOPs of the encoder's forward + backward for ONE ECG (two views), counted as the training loop's MFU counts
+    them (:func:`ecgfast.pretrain.mfu.train_flops_per_view`)."""
+    return 2 * train_flops_per_view(model, segment)
 
 
 class Step:
@@ -125,7 +119,7 @@ def run(ctx: Context) -> dict:
     precision = "bf16" if device.type == "cuda" else "fp32"
     batch = make_batch(sizes.train_batch, sizes.record_samples, device)
     capacity = memory.device_capacity(device)
-    flops_per_ecg = encoder_flops(sizes.model, sizes.segment, precision, device)
+    flops_per_ecg = encoder_flops(sizes.model, sizes.segment)
     plans = {m: memory.plan_memory(sizes.model, precision, sizes.segment, sizes.train_batch, m, None, device,
                                    capacity=capacity) for m in memory.MODES}
     auto = memory.plan_memory(sizes.model, precision, sizes.segment, sizes.train_batch, "auto", None, device,

@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["checkpoint"]:
         losses = summary["losses"]
         rate = f", {summary['ecgs_per_s']:.1f} ECGs/s" if summary["ecgs_per_s"] else ""
+        rate += f" (MFU {summary['mfu']:.1%})" if summary.get("mfu") is not None else ""
         what = (f"loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "nothing left to train")
         print(f"ecgfast-train: {summary['steps']} steps, {what}{rate}; checkpoint {summary['checkpoint']}")
         for line in summary["monitor"]:  # is it learning: the probes and the effective rank now vs at step 0

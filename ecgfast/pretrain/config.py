@@ -71,6 +71,7 @@ class TrainConfig:
     log_every: int = 10  # steps between throughput measurements (ecgs_per_s in metrics.csv and the progress bar)
     monitor_every: int = 1000  # steps between validation measures (rankme, probe AUROCs), also at 0 and end; 0: off
     monitor_ecgs: int = 512  # validation ECGs the monitor embeds (a fixed sample; all of them when fewer)
+    peak_tflops: float | None = None  # one device's peak TFLOP/s for MFU; unset: the GPU's datasheet (none on a CPU)
     max_nonfinite: int = 20  # consecutive non-finite losses tolerated before the run stops
     progress: bool = True  # progress bar
 
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ConfigError(f"monitor_every must be >= 0 (0 turns the monitor off), got {self.monitor_every}")
         if self.monitor_ecgs < 2:
             raise ConfigError(f"monitor_ecgs must be >= 2 (uniformity needs pairs), got {self.monitor_ecgs}")
+        if self.peak_tflops is not None and not 0 < self.peak_tflops < math.inf:
+            raise ConfigError(f"peak_tflops must be a finite number > 0 (or unset), got {self.peak_tflops}")
         for name in ("lr", "adam_eps", "grad_clip"):
             if not 0 < getattr(self, name) < math.inf:
                 raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)}")

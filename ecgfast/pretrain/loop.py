@@ -56,6 +56,7 @@ from .config import TrainConfig, to_dict, to_toml
 from .corpus import synthetic_store
 from .gradcache import ChunkedContrastiveStep
 from .memory import device_capacity, plan_memory
+from .mfu import device_peak_tflops, mfu, train_flops_per_view
 from .monitor import PretrainMonitor
 from .provenance import Provenance, load_provenance, merge, pretraining_provenance, store_fingerprint
 from .resume import check_resume
@@ -99,7 +100,7 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def pretrain(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run pretraining as configured. Returns a summary: losses per step, steps, checkpoint, ECGs/s.
+    """Run pretraining as configured. Returns a summary: losses per step, steps, checkpoint, ECGs/s, MFU.
 
     Rank 0 holds the run folder's lock for the whole run (:mod:`ecgfast.pretrain.run_folder`).
 
@@ -252,10 +253,18 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
     first = monitor.start(encoder, step, out / "metrics.csv") if monitor is not None else None
     if first is not None:
         metrics.write(**first)
+    # MFU: the encoder's forward + backward FLOPs per view against one device's peak x ranks (ecgfast.pretrain.mfu)
+    peak = device_peak_tflops(device, use_bf16, config.peak_tflops)
+    flops_per_view = train_flops_per_view(config.model, segment) if peak is not None else 0
+    if rank == 0 and peak is not None:
+        log.info("MFU: %.3g GFLOP of encoder forward + backward per view, against %g TFLOP/s per device (%s)",
+                 flops_per_view / 1e9, *peak)
+    elif rank == 0:
+        log.info("MFU: not logged (no peak known for this %s device; --peak-tflops sets one)", device.type)
     bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=rank != 0 or not config.progress)
     losses: list[float] = []
     first_step = step + 1  # the first step of this process measures throughput, whatever log_every is
-    t_last, ecgs_since, ecgs_per_s = time.perf_counter(), 0, None
+    t_last, ecgs_since, ecgs_per_s, utilisation = time.perf_counter(), 0, None, None
 
     def save() -> Path | None:
         if rank != 0:
@@ -277,7 +286,7 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
             valid = store.valid_length[record.cpu().numpy()]
             views = make_views(samples.to(device, non_blocking=True), gain.to(device), baseline.to(device), valid,
                                segment, config.views, config.augment, config.seed, offset, view_dtype)
-            b = views.shape[1]
+            b = views.shape[1]  # views: (views per ECG, ECGs of this rank, 8, segment)
             saved = [t.detach().clone() for t in buffers]  # a skipped step must leave BatchNorm as it was
             if chunked is not None:  # pass 1 of GradCache: the whole batch's loss, no encoder graph kept
                 loss = chunked.forward(views, record.to(device), patient.to(device))
@@ -319,24 +328,28 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
             step += 1
             ecgs_since += b * world
             losses.append(value)
-            measured = None
+            measured = measured_mfu = None
             logging_step = step == first_step or step % config.log_every == 0 or step == total_steps
             if logging_step:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
                 measured = ecgs_per_s = ecgs_since / (now - t_last)
+                if peak is not None:
+                    measured_mfu = utilisation = mfu(measured, views.shape[0], flops_per_view, world, peak[0])
                 t_last, ecgs_since = now, 0
             watched = monitor.maybe(encoder, step, total_steps) if monitor is not None else {}
             t_last += watched.get("monitor_s", 0.0)  # the monitor's time is not training throughput
             if metrics is not None:  # grad_norm stays on the device until the row is written: no sync here
                 metrics.write(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0],
-                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, skipped=skipped, defer=True,
+                              grad_norm=grad_norm.detach(), ecgs_per_s=measured, mfu=measured_mfu, skipped=skipped,
+                              defer=True,
                               **watched)
                 if logging_step:
                     metrics.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", **({"ecg_s": f"{ecgs_per_s:.1f}"} if ecgs_per_s else {}))
+            bar.set_postfix(loss=f"{value:.4f}", **({"ecg_s": f"{ecgs_per_s:.1f}"} if ecgs_per_s else {}),
+                            **({"mfu": f"{utilisation:.1%}"} if utilisation is not None else {}))
             if step % config.ckpt_every == 0 and step < total_steps:
                 if metrics is not None:
                     metrics.flush()
@@ -353,7 +366,7 @@ def _pretrain(config: TrainConfig, resume: bool, device: torch.device, rank: int
         if owns_group:
             dist.destroy_process_group()  # an undestroyed group can abort the process at exit
     return {"losses": losses, "steps": step, "skipped": skipped, "checkpoint": str(final) if final else None,
-            "ecgs_per_s": ecgs_per_s, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch,
+            "ecgs_per_s": ecgs_per_s, "mfu": utilisation, "steps_per_epoch": steps_per_epoch, "rank_batch": rank_batch,
             "monitor": monitor.report_lines() if monitor is not None else []}
 
 
@@ -420,12 +433,13 @@ class _MetricsLog:
     One row per step, and one per skipped (non-finite) batch with its loss and the running count of skips; the
     ``extra`` columns (the monitor's) are filled on the steps that measure them, and a row of step 0 holds the
     monitor's values before training (no loss);
-    ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``).
+    ``ecgs_per_s`` is filled on the steps where throughput is measured (the first, then every ``log_every``), and
+    ``mfu`` beside it where the device's peak is known (:mod:`ecgfast.pretrain.mfu`).
     A row written with ``defer`` may hold device tensors (the gradient norm): it is kept until :meth:`flush`, which
     reads them all at once, so that logging synchronises with the device every ``log_every`` steps, not every step.
     """
 
-    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "skipped")
+    FIELDS = ("step", "epoch", "loss", "lr", "grad_norm", "ecgs_per_s", "mfu", "skipped")
 
     def __init__(self, path: Path, truncate_after: int, extra: tuple[str, ...] = ()):
         rows = _read_metrics(path, truncate_after) if truncate_after > 0 and path.exists() else []
@@ -460,7 +474,7 @@ class _MetricsLog:
             row = {k: next(values) if isinstance(v, torch.Tensor) else v for k, v in row.items()}
             self.writer.writerow({k: "" if v is None else v for k, v in row.items()})
             if self.tb is not None:
-                for k in ("loss", "lr", "grad_norm", "ecgs_per_s", *self.extra):
+                for k in ("loss", "lr", "grad_norm", "ecgs_per_s", "mfu", *self.extra):
                     if isinstance(row.get(k), float) and math.isfinite(row[k]):
                         self.tb.add_scalar(f"pretrain/{k}", row[k], row["step"])
         self.pending.clear()

@@ -23,7 +23,7 @@ from .provenance import Provenance
 #: Settings a resume may change. Length (max_steps, epochs) reshapes the cosine decay's remaining part.
 SAFE_TO_CHANGE = frozenset({"max_steps", "epochs", "workers", "loader", "device", "compile", "memory", "memory_chunk",
                             "out", "ckpt_every", "log_every", "max_nonfinite", "progress", "monitor_every",
-                            "monitor_ecgs", "store"})
+                            "monitor_ecgs", "peak_tflops", "store"})
 
 
 class ResumeError(ValueError):
