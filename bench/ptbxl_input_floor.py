@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from ptbxl_mini_report import fmt_interval
 
-from ecgfast.eval.config import EvalConfig
+from ecgfast.eval.ablation import validate_variant
 from ecgfast.eval.recipes import RECIPES
 from ecgfast.eval.report import seed_interval
-from ecgfast.eval.run import run_evaluation
 from ecgfast.prepare import main as prepare_main
 
 BASE_FLAGS = ("--rate", "100", "--fs", "100", "--split-by", "strat_fold", "--quiet")
@@ -31,11 +30,6 @@ INPUTS = {
     "z-scored, no band-pass": ("input-floor/store-zscore", ("--normalize", "zscore"), "ablation/z-source/pretrain"),
     "z-scored after the band-pass": ("zstore", None, "ablation/z-source/pretrain"),
 }
-
-
-def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f.format(m) + (f" [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo) else "")
 
 
 def evaluate(run: Path, source: str, workers: int) -> pd.DataFrame:
@@ -49,12 +43,10 @@ def evaluate(run: Path, source: str, workers: int) -> pd.DataFrame:
             if prepare_main([source, "--out", str(path), *BASE_FLAGS, *flags]) != 0:
                 raise SystemExit(f"ecgfast-prepare {source} -> {path} failed")
         out = run / "input-floor" / name.replace(",", "").replace(" ", "-")
-        cfg = EvalConfig(store=str(path), out=str(out), tasks=recipe.tasks, checkpoint=str(run / encoder),
-                         arms=("random-features", "frozen"), score_split="val", val_source="carved",
-                         feature_cache=str(run / "ablation" / "features"), progress=False, workers=workers,
-                         **recipe.ablation_evaluate)
-        run_evaluation(cfg)
-        frames.append(pd.read_csv(out / "results.csv").assign(input=name, encoder=encoder.split("/")[1]))
+        # the ablation's probe cells (random features and frozen, scored on val), with its feature cache
+        results = validate_variant(run / encoder, path, out, recipe.tasks, recipe.ablation_evaluate, None, False,
+                                   workers, run / "ablation" / "features")
+        frames.append(results.assign(input=name, encoder=encoder.split("/")[1]))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -71,9 +63,9 @@ def table(results: pd.DataFrame) -> str:
         for fraction in sorted(cells["fraction"].unique()):
             here, plain = per_seed.loc[(name, fraction)], per_seed.loc[("mV", fraction)]
             rf, fz = here["random-features"], here["frozen"]
-            lines.append(f"| {name} | {encoder} | {fraction:g} % | {_fmt(*seed_interval(rf))} | "
-                         f"{_fmt(*seed_interval(rf - plain['random-features']), signed=True)} | "
-                         f"{_fmt(*seed_interval(fz))} | {_fmt(*seed_interval(fz - rf), signed=True)} |")
+            lines.append(f"| {name} | {encoder} | {fraction:g} % | {fmt_interval(*seed_interval(rf))} | "
+                         f"{fmt_interval(*seed_interval(rf - plain['random-features']), signed=True)} | "
+                         f"{fmt_interval(*seed_interval(fz))} | {fmt_interval(*seed_interval(fz - rf), signed=True)} |")
     return "\n".join(lines)
 
 

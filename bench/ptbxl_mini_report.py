@@ -24,7 +24,7 @@ from ecgfast.eval.recipes import SUPERCLASS_TASKS as TASKS
 from ecgfast.eval.report import seed_interval
 
 
-def _fmt(m: float, lo: float, hi: float, signed: bool = False) -> str:
+def fmt_interval(m: float, lo: float, hi: float, signed: bool = False) -> str:
     f = "{:+.3f}" if signed else "{:.3f}"
     if not np.isfinite(m):
         return "-"
@@ -40,10 +40,10 @@ def fraction_table(results: pd.DataFrame) -> str:
         per_seed = block.pivot_table(index=["seed", "task"], columns="arm", values="test_auroc").groupby("seed").mean()
         row = [f"{fraction:g} %"]
         for arm in ARMS:
-            row.append(_fmt(*seed_interval(per_seed[arm])) if arm in per_seed else "-")
+            row.append(fmt_interval(*seed_interval(per_seed[arm])) if arm in per_seed else "-")
         for arm, control in GAINS.items():
             ok = arm in per_seed and control in per_seed
-            row.append(_fmt(*seed_interval(per_seed[arm] - per_seed[control]), signed=True) if ok else "-")
+            row.append(fmt_interval(*seed_interval(per_seed[arm] - per_seed[control]), signed=True) if ok else "-")
         all_cells = results[results["fraction"] == fraction]
         row.append(f"{int((all_cells['stopped_by'] == 'cap').sum())} of {len(all_cells)}")
         lines.append("| " + " | ".join(row) + " |")
@@ -70,7 +70,7 @@ def per_task_table(run: Path, variants: list[str]) -> str:
                 diff = wide.loc[task, "frozen"] - wide.loc[task, "random-features"]
                 m, lo, hi = seed_interval(diff)
                 above += bool(np.isfinite(lo) and lo > 0)
-                row.append(_fmt(m, lo, hi, signed=True))
+                row.append(fmt_interval(m, lo, hi, signed=True))
             row.append(f"{above} of {len(TASKS)}")
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                       "features | gain |", "|---|---|---|---|---|---|"]
             for _, r in t.iterrows():
                 parts.append(f"| {r['variant']} | {int(r['pretrain_ecgs'])} | {r['fraction']:g} % | "
-                             f"{_fmt(r['val_auroc'], r['val_lo'], r['val_hi'])} | {r['random_features_auroc']:.3f} | "
-                             f"{_fmt(r['gain'], r['gain_lo'], r['gain_hi'], signed=True)} |")
+                             f"{fmt_interval(r['val_auroc'], r['val_lo'], r['val_hi'])} | "
+                             f"{r['random_features_auroc']:.3f} | "
+                             f"{fmt_interval(r['gain'], r['gain_lo'], r['gain_hi'], signed=True)} |")
             parts.append("")
     (args.out / "tables.md").write_text("\n".join(parts) + "\n")
     print((args.out / "tables.md").read_text())

@@ -189,13 +189,13 @@ def _fitting(configs: list[triton.Config], which: str, d_pad: int, elem_bytes: i
         small = FMA_BWD_CHUNKED_MAX_TILE if which == "bwd" and d_pad > WHOLE_D_MAX else None
         fit = [c for c in configs if _tiles(c) in FMA_CONFIGS[which]
                and (small is None or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= small)]
+    elif elem_bytes == 4 and which == "bwd":  # tf32 backward: the measured tile (the estimate is off for 4-byte tiles)
+        fit = [c for c in configs if _tiles(c) in TF32_BWD_CONFIGS]
     else:
         tensor_core = [c for c in configs if _tiles(c) in TENSOR_CORE_CONFIGS[which]]
         fit = [c for c in tensor_core if tile_fits(which, c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps,
                                                    c.num_stages, d_pad, elem_bytes)]
         fit = fit or tensor_core[-1:]  # the smallest tiles, whatever the estimate says
-        if elem_bytes == 4 and which == "bwd":  # tf32 backward: the measured tile
-            fit = [c for c in configs if _tiles(c) in TF32_BWD_CONFIGS]
     if n_bucket < TUNE_MIN_N_BUCKET:
         return [min(fit, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"], c.num_warps))]
     return fit

@@ -42,12 +42,6 @@ def make_batch(batch: int, samples: int, device: torch.device) -> tuple[torch.Te
     return tuple(t.pin_memory() for t in tensors) if device.type == "cuda" else tensors
 
 
-def encoder_flops(model: str, segment: int) -> int:
-    """FLOPs of the encoder's forward + backward for ONE ECG (two views), counted as the training loop's MFU counts
-    them (:func:`ecgfast.pretrain.mfu.train_flops_per_view`)."""
-    return 2 * train_flops_per_view(model, segment)
-
-
 class Step:
     """One pretraining step in ``mode`` on a fixed batch, as the loop runs it (module docstring)."""
 
@@ -119,7 +113,7 @@ def run(ctx: Context) -> dict:
     precision = "bf16" if device.type == "cuda" else "fp32"
     batch = make_batch(sizes.train_batch, sizes.record_samples, device)
     capacity = memory.device_capacity(device)
-    flops_per_ecg = encoder_flops(sizes.model, sizes.segment)
+    flops_per_ecg = 2 * train_flops_per_view(sizes.model, sizes.segment)  # two views per ECG
     plans = {m: memory.plan_memory(sizes.model, precision, sizes.segment, sizes.train_batch, m, None, device,
                                    capacity=capacity) for m in memory.MODES}
     auto = memory.plan_memory(sizes.model, precision, sizes.segment, sizes.train_batch, "auto", None, device,

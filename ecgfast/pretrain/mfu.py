@@ -65,8 +65,8 @@ def device_peak_tflops(device: torch.device, bf16: bool, override: float | None 
     peak = gpu_peak(name)
     if peak is None:
         return None
-    return (peak.bf16_tflops, f"{name}, dense bf16 datasheet") if bf16 else (peak.fp32_tflops,
-                                                                             f"{name}, fp32 datasheet")
+    rate, kind = (peak.bf16_tflops, "dense bf16") if bf16 else (peak.fp32_tflops, "fp32")
+    return rate, f"{name}, {kind} datasheet"
 
 
 def train_flops_per_view(model: str, segment: int, leads: int = 8) -> int:
