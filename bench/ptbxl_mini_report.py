@@ -1,6 +1,7 @@
-"""The recorded PTB-XL experiment, as tables for people: `python bench/ptbxl_mini_report.py RUN OUT`.
+"""The recorded PTB-XL experiments, as tables for people: `python bench/ptbxl_mini_report.py RUN OUT`.
 
-RUN is the ``--out`` of ``ecgfast-eval --recipe ptbxl`` (and of ``--ablation``); OUT a folder under bench/results/.
+RUN is the ``--out`` of ``ecgfast-eval --recipe ptbxl`` (and of ``--ablation``) or of ``--recipe ptbxl-subset``; OUT
+a folder under bench/results/.
 Copies the run's reports (summary, results, plot, ablation, curve) into OUT and writes ``tables.md``:
 
 - per label fraction, the mean over the tasks of each arm's test AUROC and of the two gains, with a Student-t
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             if (ev / name).is_file():
                 shutil.copy(ev / name, args.out / name)
         results = pd.read_csv(ev / "results.csv")
-        parts += ["## Test AUROC, mean over the five superclasses", "",
+        tasks = ", ".join(t.split(":")[-1] for t in dict.fromkeys(results["task"]))
+        parts += [f"## Test AUROC, mean over the tasks ({tasks})", "",
                   "95 % t-interval over seeds (each seed: the mean over its usable tasks); gains paired by seed.", "",
                   fraction_table(results), ""]
     for name in ("ablation.csv", "ablation.md", "curve.csv", "curve.png", "zcurve.csv", "chosen.json"):
