@@ -28,6 +28,7 @@ from ecgfast.data.store import ECGStore
 from ecgfast.data.synthetic import SyntheticReader
 from ecgfast.eval.cli import main
 from ecgfast.eval.config import EvalConfig
+from ecgfast.eval.protocol import Evaluator
 from ecgfast.eval.run import run_evaluation
 from ecgfast.eval.tasks import EvalError, sample_fractions
 from ecgfast.models.temporalnet import DualStreamTemporalNet, temporalnet_config
@@ -170,6 +171,38 @@ def test_a_rewritten_checkpoint_or_store_makes_its_cells_stale_and_they_are_comp
     with caplog.at_level("WARNING", logger="ecgfast.eval"):
         run_evaluation(cfg2)
     assert "1 cell(s) were computed from other contents" in caplog.text
+
+
+def test_a_run_folder_moved_with_its_store_and_checkpoint_reuses_every_cell(store_path, tmp_path, monkeypatch):
+    """Cells are keyed by content, not paths: the store, the pretraining run and the evaluation folder all moved (a
+    run copied to another machine) is the same evaluation, nothing is computed again; another store's content at
+    another path is another evaluation, refused by name."""
+    where = tmp_path / "before"
+    shutil.copytree(store_path, where / "store")
+    ckpt = _pretrained_on_train(where / "store", where / "pre")
+    run_evaluation(_config(where / "store", where / "eval", ckpt, arms=("random", "frozen")))
+    results = pd.read_csv(where / "eval" / "results.csv")
+    moved = tmp_path / "after"
+    shutil.move(where, moved)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(Evaluator, "run_cell", boom)
+    run_evaluation(_config(moved / "store", moved / "eval", moved / "pre", arms=("random", "frozen")))
+    pd.testing.assert_frame_equal(pd.read_csv(moved / "eval" / "results.csv"), results)
+    other = tmp_path / "other-store"  # the same records, one checksum changed: other content, at another path
+    shutil.copytree(store_path, other)
+    m = pd.read_parquet(other / "manifest.parquet")
+    m.loc[0, "checksum"] = "0" * 16
+    m.to_parquet(other / "manifest.parquet")
+    with pytest.raises(EvalError, match=r"__s0.json: saved with other settings \(differs in \['store', "
+                                        r"'store_content'\]\)"):
+        run_evaluation(_config(other, moved / "eval", moved / "pre", arms=("random",)))
+    # the same folder without --checkpoint: its frozen cell cannot be matched to an encoder, and says so
+    with pytest.raises(EvalError, match=r"frozen__f100__s0.json: saved with other settings \(differs in "
+                                        r"\['checkpoint', 'checkpoint_weights'\]\)"):
+        run_evaluation(_config(moved / "store", moved / "eval", None, arms=("random",)))
 
 
 # ---- 7. an interrupted demo continues ------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ from .tasks import EvalError, FractionDraw, TaskData, judge_cell, patient_labels
 
 PROTOCOL = 4  # version of what a cell computes; saved cells of another version are not reused
 CONTENT_KEYS = ("store_content", "checkpoint_weights")  # a cell differing only in these is stale: recomputed
+# where each content was read from: informative only. The same content at another path (a run folder moved,
+# copied to another machine) is the same cell; other content at another path is another store or checkpoint.
+PATH_OF_CONTENT = {"store": "store_content", "checkpoint": "checkpoint_weights"}
 
 
 def batches(y: np.ndarray, batch_size: int, balanced: bool, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -167,7 +170,8 @@ class Evaluator:
             if arm == "random-features":
                 fp["encoder"] = "untrained, torch.manual_seed(seed)"
         if arm in CHECKPOINT_ARMS:
-            fp.update(checkpoint=str(self.ckpt.resolve()), checkpoint_weights=self.weights)
+            # None without --checkpoint: a saved cell of this arm then differs, and is named, not reused
+            fp.update(checkpoint=str(self.ckpt.resolve()) if self.ckpt else None, checkpoint_weights=self.weights)
         return fp
 
     def features(self, seed: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

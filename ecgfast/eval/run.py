@@ -32,7 +32,7 @@ from ..data.store import write_json_atomic
 from ..folder_lock import folder_lock
 from ..pretrain.provenance import Provenance, leakage_check, load_provenance
 from .config import EvalConfig
-from .protocol import CONTENT_KEYS, Evaluator
+from .protocol import CONTENT_KEYS, PATH_OF_CONTENT, Evaluator
 from .report import protocol_notes, write_reports
 from .tasks import EvalError, load_task, patient_labels, sample_fractions
 
@@ -70,13 +70,16 @@ def _read_cell(path: Path) -> dict | None:
 def _saved_cells(out: Path, ev: Evaluator) -> dict[tuple, dict]:
     """Every cell in ``out/cells`` that this run can reuse: (task, arm, fraction, seed) -> record.
 
-    A cell made from other contents of the store or the checkpoint than this run's (the same paths, rewritten by
-    ``--overwrite``) is stale: it is left out, so that it is computed again and replaced, and the log says how many.
+    Cells are matched by the content of the store and the checkpoint, not by their paths: a cell made from the same
+    content at another path (the run folder moved or copied elsewhere) is reused. A cell made from other content at
+    the same path (rewritten by ``--overwrite``) is stale: it is left out, so that it is computed again and replaced,
+    and the log says how many.
 
     Raises:
-        EvalError: a cell saved with other settings (named): use another ``--out``, or delete the cells.
+        EvalError: a cell saved with other settings, or from another store or checkpoint (other content at another
+            path), named: use another ``--out``, or delete the cells.
     """
-    found, stale = {}, 0
+    found, stale, moved = {}, 0, 0
     for path in sorted((out / "cells").glob("*.json")) if (out / "cells").is_dir() else []:
         if not _CELL.match(path.name):
             continue
@@ -84,17 +87,23 @@ def _saved_cells(out: Path, ev: Evaluator) -> dict[tuple, dict]:
         if rec is None:
             continue
         want, have = ev.fingerprint(rec["arm"]), rec["settings"]
-        diff = sorted(k for k in set(want) | set(have) if have.get(k) != want.get(k))
-        if diff and set(diff) <= set(CONTENT_KEYS):
+        diff = {k for k in set(want) | set(have) if have.get(k) != want.get(k)}
+        same_content_elsewhere = {p for p, c in PATH_OF_CONTENT.items() if p in diff and c in want and c not in diff}
+        diff -= same_content_elsewhere
+        if diff and diff <= set(CONTENT_KEYS):
             stale += 1
             continue
         if diff:
-            raise EvalError(f"{path}: saved with other settings (differs in {diff}); use another --out, or delete "
-                            "the cells to recompute them")
+            raise EvalError(f"{path}: saved with other settings (differs in {sorted(diff)}); use another --out, or "
+                            "delete the cells to recompute them")
+        moved += bool(same_content_elsewhere)
         found[(rec["task"], rec["arm"], float(rec["fraction"]), int(rec["seed"]))] = rec
     if stale:
         log.warning("%s: %d cell(s) were computed from other contents of the store or checkpoint (rewritten since): "
                     "computing them again", out / "cells", stale)
+    if moved:
+        log.info("%s: %d cell(s) were made from the same store and checkpoint content at other paths (moved): "
+                 "reused", out / "cells", moved)
     return found
 
 
