@@ -199,6 +199,15 @@ def test_a_run_folder_moved_with_its_store_and_checkpoint_reuses_every_cell(stor
     with pytest.raises(EvalError, match=r"__s0.json: saved with other settings \(differs in \['store', "
                                         r"'store_content'\]\)"):
         run_evaluation(_config(other, moved / "eval", moved / "pre", arms=("random",)))
+    # another checkpoint (other weights at another path, as pretraining on another machine): refused, not recomputed
+    store = ECGStore(moved / "store")
+    torch.manual_seed(99)
+    save_checkpoint(tmp_path / "other-pre", 0, DualStreamTemporalNet(temporalnet_config("tiny")), {},
+                    config={"model": "tiny"},
+                    provenance=pretraining_provenance(store, ["train"], store.split_indices("train")))
+    with pytest.raises(EvalError, match=r"frozen__f100__s0.json: saved with other settings \(differs in "
+                                        r"\['checkpoint', 'checkpoint_weights'\]\)"):
+        run_evaluation(_config(moved / "store", moved / "eval", tmp_path / "other-pre", arms=("random", "frozen")))
     # the same folder without --checkpoint: its frozen cell cannot be matched to an encoder, and says so
     with pytest.raises(EvalError, match=r"frozen__f100__s0.json: saved with other settings \(differs in "
                                         r"\['checkpoint', 'checkpoint_weights'\]\)"):
