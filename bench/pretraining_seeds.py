@@ -54,7 +54,7 @@ def seed_table(tables: dict[int, pd.DataFrame]) -> str:
     for p, t in tables.items():
         for fraction, block in gains(t).groupby(level="fraction", sort=True):
             per_seed = block.groupby(level="seed").mean()  # each eval seed: the mean over its usable tasks
-            tasks = ", ".join(sorted({t.split(":")[-1] for t in block.index.get_level_values("task")}))
+            tasks = ", ".join(sorted({name.split(":")[-1] for name in block.index.get_level_values("task")}))
             lines.append(f"| {p} | {fraction:g} % | {tasks} | {fmt_interval(*seed_interval(per_seed['frozen']))} | "
                          f"{fmt_interval(*seed_interval(per_seed['random-features']))} | "
                          f"{fmt_interval(*seed_interval(per_seed['gain']), signed=True)} |")

@@ -51,10 +51,11 @@ from .report import auroc, bootstrap_auroc
 from .tasks import EvalError, FractionDraw, TaskData, judge_cell, patient_labels
 
 PROTOCOL = 4  # version of what a cell computes; saved cells of another version are not reused
-CONTENT_KEYS = ("store_content", "checkpoint_weights")  # a cell differing only in these is stale: recomputed
-# where each content was read from: informative only. The same content at another path (a run folder moved,
-# copied to another machine) is the same cell; other content at another path is another store or checkpoint.
+# a cell's path keys and the content read from each. The path is informative only: the same content at another path
+# (a run folder moved, copied to another machine) is the same cell; other content at another path is another store or
+# checkpoint (refused); other content at the same path was rewritten since (stale: recomputed).
 PATH_OF_CONTENT = {"store": "store_content", "checkpoint": "checkpoint_weights"}
+CONTENT_KEYS = tuple(PATH_OF_CONTENT.values())
 
 
 def batches(y: np.ndarray, batch_size: int, balanced: bool, rng: np.random.Generator) -> Iterator[np.ndarray]:

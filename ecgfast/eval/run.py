@@ -88,7 +88,7 @@ def _saved_cells(out: Path, ev: Evaluator) -> dict[tuple, dict]:
             continue
         want, have = ev.fingerprint(rec["arm"]), rec["settings"]
         diff = {k for k in set(want) | set(have) if have.get(k) != want.get(k)}
-        same_content_elsewhere = {p for p, c in PATH_OF_CONTENT.items() if p in diff and c in want and c not in diff}
+        same_content_elsewhere = {p for p, c in PATH_OF_CONTENT.items() if p in diff and c not in diff}
         diff -= same_content_elsewhere
         if diff and diff <= set(CONTENT_KEYS):
             stale += 1
